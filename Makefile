@@ -1,0 +1,48 @@
+# radtriage: `make run` starts the daemon, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.14.1 torchvision==0.29.1
+CONFIG ?= config.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install install-test test-tools run test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian tools the integration tests talk to: DCMTK (storescu, storescp, dcmdump) and
+# dicom3tools (dciodvfy). Installed only when missing; needs root (or sudo).
+test-tools:
+	@missing=""; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install
+	$(BIN)/radtriage serve --config $(CONFIG)
+
+test: install-test test-tools
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test test-tools
+	$(BIN)/python benchmarks/receive.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

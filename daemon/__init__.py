@@ -1,0 +1,1 @@
+"""The radtriage process: CLI, config, receiver, scheduler jobs, workers, dispatch, shutdown."""

@@ -1,0 +1,208 @@
+"""``radtriage``: the command line. It parses; the work lives in functions tests call directly.
+
+    radtriage serve --config PATH       run the daemon until SIGTERM/SIGINT
+    radtriage check-config [PATH]       validate a config file and exit
+    radtriage score PATH... [--json]    score files or folders offline (no network, no database)
+    radtriage status                    recent studies, queue and deliveries from the database
+
+Exit codes: 0 success, 1 runtime failure (model, port, database), 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from daemon.config import ENV_CONFIG_PATH, Config, ConfigError, load_config
+from daemon.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _default_config_path() -> Path | None:
+    env = os.environ.get(ENV_CONFIG_PATH)
+    if env:
+        return Path(env)
+    local = Path("config.yaml")
+    return local if local.is_file() else None
+
+
+def _load(path: str | None, err: TextIO) -> Config | None:
+    try:
+        return load_config(Path(path) if path else _default_config_path())
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"radtriage: invalid configuration: {line}", file=err)
+        return None
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    source = args.config or _default_config_path() or "(embedded defaults)"
+    print(f"{source}: OK ({len(config.destinations)} destination(s), AE {config.node.ae_title} "
+          f"port {config.node.port}, database {config.database.url.split('://')[0]})", file=out)
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(config.logging.level, phi=config.logging.phi, file=config.logging.file)
+    from daemon.service import Service, StartupError
+
+    service = Service(config)
+    try:
+        service.start()
+    except StartupError as exc:
+        print(f"radtriage: cannot start: {exc}", file=err)
+        service.stop()
+        return EXIT_FAILURE
+    service.serve_forever()
+    return EXIT_OK
+
+
+def _iter_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        else:
+            files.append(p)
+    return files
+
+
+def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
+    """Score files and folders offline; one dict per study (the ``--json`` shape)."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from daemon.service import load_scorer
+    from daemon.worker import score_views
+    from inference.policy import priority_for, study_probability
+
+    from dicom_io.pixels import Preprocessing
+
+    scorer = load_scorer(config)
+    prep = Preprocessing.from_card(scorer.card.preprocessing)
+    studies: "OrderedDict[str | None, list[tuple[int, str, Path]]]" = OrderedDict()
+    unreadable: list[dict] = []
+    for i, f in enumerate(_iter_files(paths)):
+        try:
+            ds = dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+            study_uid = str(ds.StudyInstanceUID)
+            sop_uid = str(ds.SOPInstanceUID)
+        except (OSError, InvalidDicomError, AttributeError, ValueError) as exc:
+            unreadable.append({"sop_instance_uid": None, "path": str(f), "probability": None,
+                               "error": f"not a readable DICOM file: {exc}"})
+            continue
+        studies.setdefault(study_uid, []).append((i, sop_uid, f))
+    rules = [(r.min_probability, r.priority) for r in config.priority.rules]
+    rows = []
+    for study_uid, views in studies.items():
+        outcomes = score_views(scorer, views, prep)
+        probability = study_probability(o.probability for o in outcomes)
+        rows.append({
+            "study_instance_uid": study_uid,
+            "probability": probability,
+            "abnormal": None if probability is None else probability >= config.model.threshold,
+            "priority": priority_for(probability, rules, config.priority.default),
+            "model": f"{scorer.card.display_name} {scorer.card.version}",
+            "views": [{"sop_instance_uid": o.sop_instance_uid, "path": str(p), "probability": o.probability,
+                       "error": o.error} for o, (_, _, p) in zip(outcomes, views)],
+        })
+    if unreadable:
+        rows.append({"study_instance_uid": None, "probability": None, "abnormal": None,
+                     "priority": config.priority.default, "model": None, "views": unreadable})
+    return rows
+
+
+def cmd_score(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging("WARNING", phi=config.logging.phi)
+    from daemon.service import StartupError
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"radtriage: no such file or folder: {', '.join(missing)}", file=err)
+        return EXIT_CONFIG
+    try:
+        rows = score_paths(args.paths, config)
+    except StartupError as exc:
+        print(f"radtriage: cannot score: {exc}", file=err)
+        return EXIT_FAILURE
+    if args.json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    print(f"{'STUDY INSTANCE UID':<64}  {'PROB':>5}  {'PRIORITY':<8}  VIEWS", file=out)
+    for r in rows:
+        scored = sum(v["probability"] is not None for v in r["views"])
+        prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"
+        print(f"{r['study_instance_uid'] or '(unreadable files)':<64}  {prob:>5}  {r['priority']:<8}  "
+              f"{scored}/{len(r['views'])} scored", file=out)
+        for v in r["views"]:
+            if v["error"]:
+                print(f"    {v['sop_instance_uid'] or v['path']}: {v['error']}", file=out)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.status import render_status
+    from db import Database
+
+    db = Database(config.database.url)
+    try:
+        db.migrate()
+        out.write(render_status(db, limit=args.limit))
+    finally:
+        db.dispose()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radtriage", description="DICOM triage daemon for radiographs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--config", help=f"config file (default: ${ENV_CONFIG_PATH} or ./config.yaml)")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("check-config", help="validate a config file and exit")
+    p.add_argument("config", nargs="?", help="config file (default: ./config.yaml)")
+    p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("score", help="score DICOM files or folders offline")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per study")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("status", help="recent studies, queue and deliveries")
+    p.add_argument("--config")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args, out or sys.stdout, err or sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The daemon's configuration: one YAML file, validated once at start into a typed object.
+
+Every setting is documented here (type, default, constraint) and again, for admins, in the
+commented ``config.yaml`` at the top of the repository, which holds exactly these defaults.
+
+Loading rules:
+
+* unknown keys, wrong types and impossible values are errors; each is reported on one line
+  naming the key, the value given and what is allowed (:class:`ConfigError`);
+* environment variables override single keys: ``RADTRIAGE_DATABASE__URL=postgresql://...``
+  sets ``database.url`` (``__`` separates levels; values are parsed as YAML scalars, so
+  ``RADTRIAGE_NODE__PORT=11113`` is an integer). ``RADTRIAGE_CONFIG`` is reserved for the path
+  of the file itself;
+* relative paths (storage, checkpoint, log file, SQLite database) resolve against the folder of
+  the config file, not the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Priority = Literal["HIGH", "ELEVATED", "ROUTINE"]
+#: Priorities from most to least urgent; a policy may never rank a lower probability higher.
+PRIORITY_ORDER: tuple[str, ...] = ("HIGH", "ELEVATED", "ROUTINE")
+
+ENV_PREFIX = "RADTRIAGE_"
+ENV_CONFIG_PATH = "RADTRIAGE_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: no backslash, no control chars
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError("an AE title is 1 to 16 printable characters, not all spaces, no backslash")
+    return value.strip()
+
+
+class NodeConfig(_Section):
+    """The DICOM node radtriage presents to the PACS (the Storage SCP)."""
+
+    ae_title: str = Field("RADTRIAGE", description="Our AE title; the PACS must call us by it.")
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(11112, ge=1, le=65535, description="TCP port to listen on.")
+    allowed_calling_aes: list[str] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate; empty allows any (warned at start-up).",
+    )
+    max_associations: int = Field(16, ge=1, le=1000, description="Concurrent associations.")
+    max_pdu_size: int = Field(
+        1_048_576, ge=0, description="Largest PDU we accept, bytes; 0 means unlimited."
+    )
+    acse_timeout_s: float = Field(30, gt=0, description="Association negotiation timeout.")
+    dimse_timeout_s: float = Field(60, gt=0, description="Timeout waiting for a DIMSE message.")
+    network_timeout_s: float = Field(120, gt=0, description="Idle association timeout.")
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _aes(cls, value: list[str]) -> list[str]:
+        return [_check_ae_title(v) for v in value]
+
+
+class StorageConfig(_Section):
+    path: Path = Field(Path("var/storage"), description="Where received instances and outputs live.")
+    min_free_mb: int = Field(
+        512, ge=0, description="Below this much free space new C-STOREs are refused (0xA700)."
+    )
+
+
+class DatabaseConfig(_Section):
+    url: str = Field(
+        "sqlite:///var/radtriage.db",
+        description="SQLAlchemy URL: sqlite:///FILE (WAL mode) or postgresql://user@host/db.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+
+class CompletionConfig(_Section):
+    release_grace_s: float = Field(
+        2, ge=0, le=3600,
+        description="After the association that brought a study is released, wait this long "
+        "for more instances before the study is complete.",
+    )
+    stable_s: float = Field(
+        30, gt=0, le=86400,
+        description="A study with no new instance for this long is complete, released or not.",
+    )
+    sweep_interval_s: float = Field(0.5, gt=0, le=60, description="How often completion is checked.")
+
+
+class ModelConfig(_Section):
+    checkpoint: Path = Field(
+        Path("models/radtriage-demo.pt"), description="radtriage checkpoint file (.pt)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Views scored together.")
+    threshold: float = Field(
+        0.5, gt=0, lt=1, description="Study probability at or above which the study is abnormal."
+    )
+    cpu_threads: int = Field(0, ge=0, le=256, description="torch threads on the CPU; 0: torch's default.")
+    allow_untrained: bool = Field(
+        False,
+        description="Serve a checkpoint whose card says it was never trained (plumbing tests only; "
+        "every output then names the model as untrained).",
+    )
+
+
+class PriorityRule(_Section):
+    min_probability: float = Field(ge=0, le=1)
+    priority: Priority
+
+
+class PriorityConfig(_Section):
+    rules: list[PriorityRule] = Field(
+        default_factory=lambda: [
+            PriorityRule(min_probability=0.8, priority="HIGH"),
+            PriorityRule(min_probability=0.5, priority="ELEVATED"),
+        ],
+        description="The first rule (highest min_probability first) that the study probability "
+        "reaches sets its priority.",
+    )
+    default: Priority = Field("ROUTINE", description="Priority when no rule matches.")
+
+    @model_validator(mode="after")
+    def _monotonic(self) -> "PriorityConfig":
+        ranked = sorted(self.rules, key=lambda r: -r.min_probability)
+        levels = [PRIORITY_ORDER.index(r.priority) for r in ranked] + [
+            PRIORITY_ORDER.index(self.default)
+        ]
+        if any(b < a for a, b in zip(levels, levels[1:])):
+            raise ValueError(
+                "a higher min_probability must never give a lower priority "
+                "(HIGH > ELEVATED > ROUTINE, default the lowest)"
+            )
+        probs = [r.min_probability for r in ranked]
+        if len(set(probs)) != len(probs):
+            raise ValueError("two rules have the same min_probability")
+        return self
+
+
+class Destination(_Section):
+    name: str = Field(description="Unique name, used in logs and the delivery queue.")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("letters, digits, '_', '.', '-' only, at most 64")
+        return value
+
+
+class DispatchConfig(_Section):
+    interval_s: float = Field(1, gt=0, le=3600, description="How often the delivery queue is polled.")
+    backoff_initial_s: float = Field(5, gt=0, description="Wait before the first retry.")
+    backoff_max_s: float = Field(300, gt=0, description="Longest wait between retries.")
+    max_attempts: int = Field(
+        100, ge=1, description="After this many failed attempts a delivery is dead (kept, shown)."
+    )
+    timeout_s: float = Field(30, gt=0, description="Network timeout of one send.")
+    calling_ae_title: str = Field("RADTRIAGE", description="Our AE title when we send.")
+
+    _ae = field_validator("calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "DispatchConfig":
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+
+class ReportConfig(_Section):
+    sop_class: Literal["comprehensive3d", "comprehensive"] = Field(
+        "comprehensive3d", description="comprehensive for archives that predate Comprehensive 3D SR."
+    )
+    series_number: int = Field(9901, ge=1, le=2**31 - 1, description="Series Number of the SR.")
+    manufacturer: str = Field("radtriage", min_length=1, max_length=64)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    phi: bool = Field(False, description="Allow patient names and IDs in logs.")
+    file: Path | None = Field(None, description="Log file; null logs to standard error.")
+
+
+class Config(_Section):
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    completion: CompletionConfig = Field(default_factory=CompletionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    priority: PriorityConfig = Field(default_factory=PriorityConfig)
+    destinations: list[Destination] = Field(default_factory=list)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+    def resolved(self, base: Path) -> "Config":
+        """Return a copy whose relative paths are anchored at ``base`` (the config's folder)."""
+
+        def anchor(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
+        url = self.database.url
+        m = re.match(r"^(sqlite(\+\w+)?:///)(.+)$", url)
+        if m and m.group(3) != ":memory:" and not m.group(3).startswith("/"):
+            url = m.group(1) + str(anchor(Path(m.group(3))))
+        return self.model_copy(
+            update={
+                "storage": self.storage.model_copy(update={"path": anchor(self.storage.path)}),
+                "database": self.database.model_copy(update={"url": url}),
+                "model": self.model.model_copy(update={"checkpoint": anchor(self.model.checkpoint)}),
+                "logging": self.logging.model_copy(
+                    update={"file": anchor(self.logging.file) if self.logging.file else None}
+                ),
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Walk the model tree along ``loc`` and list the keys allowed at its parent."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+    return sorted(current.model_fields) if current is not None else []
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Config, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{key}: unknown key{hint}; allowed here: {', '.join(allowed)}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"{key} = {shown}: {msg}"
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``RADTRIAGE_SECTION__KEY`` overrides applied.
+
+    Keys are lower-cased; values are parsed as YAML scalars. The caller's dict is not changed.
+    """
+    out = dict(data)
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if not keys:
+            continue
+        node = out
+        for key in keys[:-1]:
+            child = node.get(key)
+            node[key] = dict(child) if isinstance(child, dict) else {}
+            node = node[key]
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def parse_config(
+    data: Any, *, source: str = "config", base: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate ``data`` (already parsed YAML) into a :class:`Config`; raise :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"(top level) = {type(data).__name__}: must be a mapping of sections"])
+    data = apply_env(data, os.environ if environ is None else environ)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from exc
+    return config.resolved(base or Path.cwd())
+
+
+def load_config(path: Path | str | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve the config file at ``path`` (``None``: embedded defaults)."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        return parse_config({}, source="(embedded defaults)", base=Path.cwd(), environ=env)
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}not valid YAML: {problem}"]) from exc
+    return parse_config(data, source=str(path), base=path.resolve().parent, environ=env)

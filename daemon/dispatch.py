@@ -1,0 +1,120 @@
+"""The delivery queue: persisted in the database, retried with backoff, every attempt an event.
+
+Due deliveries are sent HIGH priority first, then oldest first. A delivery is claimed
+(``pending -> sending``) in its own transaction before the network call; if the process dies
+mid-send, :func:`daemon.worker.recover` puts it back to pending. A destination that keeps
+failing is retried with exponential backoff up to ``dispatch.max_attempts``, then the
+delivery is ``dead`` (kept, visible in ``radtriage status``) and the study ``failed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Callable, Mapping
+
+from sqlalchemy import case, func, select
+
+from daemon.config import DispatchConfig
+from daemon.logs import study_logger
+from db import Database, Delivery, DeliveryState, Event, EventKind, Study, StudyResult, StudyState, utcnow
+from dicom_io.destinations import Destination
+from dicom_io.errors import SendError
+
+log = logging.getLogger(__name__)
+
+_RANK = case({"HIGH": 0, "ELEVATED": 1}, value=Delivery.priority, else_=2)
+
+
+def backoff_s(attempts: int, initial_s: float, max_s: float) -> float:
+    """Wait after the ``attempts``-th failure: initial, 2x, 4x, ... capped at ``max_s``."""
+    return min(max_s, initial_s * (2 ** max(0, attempts - 1)))
+
+
+class Dispatcher:
+    def __init__(self, db: Database, destinations: Mapping[str, Destination], config: DispatchConfig,
+                 storage_root, *, clock: Callable[[], dt.datetime] = utcnow) -> None:  # type: ignore[no-untyped-def]
+        self.db = db
+        self.destinations = dict(destinations)
+        self.config = config
+        self.root = storage_root
+        self.clock = clock
+
+    def _claim(self) -> tuple[int, str, str, str] | None:
+        now = self.clock()
+        with self.db.session() as s:
+            d = s.scalars(
+                select(Delivery)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                .order_by(_RANK, Delivery.created_at, Delivery.id)
+                .limit(1).with_for_update(skip_locked=True)
+            ).first()
+            if d is None:
+                return None
+            d.state = DeliveryState.SENDING
+            return d.id, d.destination, d.path, d.result.study.study_instance_uid
+
+    def run_due(self, limit: int = 100) -> int:
+        """Send what is due now, one after another; return how many were attempted."""
+        attempted = 0
+        while attempted < limit:
+            claimed = self._claim()
+            if claimed is None:
+                break
+            attempted += 1
+            self._attempt(*claimed)
+        return attempted
+
+    def _attempt(self, delivery_id: int, dest_name: str, relpath: str, study_uid: str) -> None:
+        slog = study_logger(log, study_uid)
+        dest = self.destinations.get(dest_name)
+        error: str | None = None
+        if dest is None:
+            error = f"destination {dest_name!r} is no longer configured"
+        else:
+            try:
+                dest.send(self.root / relpath)
+            except SendError as exc:
+                error = str(exc)
+        now = self.clock()
+        with self.db.session() as s:
+            d = s.get(Delivery, delivery_id, with_for_update=True)
+            d.attempts += 1
+            study = d.result.study
+            if error is None:
+                d.state = DeliveryState.DELIVERED
+                d.delivered_at = now
+                d.last_error = None
+                s.add(Event(at=now, study_id=study.id, kind=EventKind.SENT,
+                            detail=f"{d.object_kind} {d.sop_instance_uid} to {dest_name} "
+                                   f"(attempt {d.attempts})"))
+                slog.info("%s sent to %s (attempt %d)", d.object_kind, dest_name, d.attempts)
+                self._maybe_delivered(s, d.result, now)
+                return
+            d.last_error = error[:2000]
+            s.add(Event(at=now, study_id=study.id, kind=EventKind.SEND_FAILED,
+                        detail=f"{d.object_kind} to {dest_name}, attempt {d.attempts}: {error}"[:2000]))
+            if d.attempts >= self.config.max_attempts:
+                d.state = DeliveryState.DEAD
+                if not d.result.superseded:
+                    study.state = StudyState.FAILED
+                    study.state_reason = f"delivery to {dest_name} gave up after {d.attempts} attempts: {error}"
+                slog.error("giving up on %s to %s after %d attempts: %s", d.object_kind, dest_name,
+                           d.attempts, error)
+            else:
+                wait = backoff_s(d.attempts, self.config.backoff_initial_s, self.config.backoff_max_s)
+                d.state = DeliveryState.PENDING
+                d.next_attempt_at = now + dt.timedelta(seconds=wait)
+                slog.warning("%s to %s failed (attempt %d), retry in %.0f s: %s", d.object_kind,
+                             dest_name, d.attempts, wait, error)
+
+    @staticmethod
+    def _maybe_delivered(s, result: StudyResult, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+        if result.superseded:
+            return
+        outstanding = s.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.result_id == result.id, Delivery.state != DeliveryState.DELIVERED))
+        study: Study = result.study
+        if outstanding == 0 and study.state == StudyState.DISPATCHING:
+            study.state = StudyState.DELIVERED
+            study.delivered_at = now

@@ -1,0 +1,368 @@
+"""The Storage SCP: receive radiographs from the PACS, durably, and never lose one.
+
+The C-STORE handler writes the bytes exactly as received (no decode, no re-encode) to a
+temporary file, fsyncs it, renames it to ``storage/<study>/<series>/<sop>.dcm``, inserts the
+instance row, commits, and only then answers Success. Nothing is decoded or scored here.
+
+Every exception is mapped to a named status (:data:`STATUS_FOR`); the association goes on. A
+file that cannot be understood is kept in ``storage/quarantine/`` with the reason beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import uuid
+from io import BytesIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.association import Association as NetAssociation
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    Verification,
+)
+from pynetdicom.status import Status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from daemon.config import Config
+from daemon.logs import study_logger
+from db import Association, Database, Event, EventKind, Instance, Study, StudyState, utcnow
+from dicom_io.errors import InvalidInstance, StorageError, StorageFull, UnsupportedInstance
+from dicom_io.codecs import decodable_transfer_syntaxes
+from dicom_io.storage import (
+    check_uid,
+    commit_temp,
+    discard,
+    durable_write,
+    free_bytes,
+    instance_relpath,
+    write_temp,
+)
+
+log = logging.getLogger(__name__)
+
+#: The SOP classes radtriage accepts; anything else is refused at negotiation.
+RADIOGRAPH_SOP_CLASSES = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
+
+# Named statuses (PS3.4 Annex B.2.3), registered on pynetdicom's Status so they read by name.
+for _name, _code in (
+    ("OUT_OF_RESOURCES", 0xA700),
+    ("DATA_SET_DOES_NOT_MATCH_SOP_CLASS", 0xA900),
+    ("CANNOT_UNDERSTAND", 0xC000),
+    ("PROCESSING_FAILURE", 0x0110),
+):
+    Status.add(_name, _code)
+
+#: Which status answers which failure. Order matters: the first matching class wins.
+STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
+    (StorageFull, Status.OUT_OF_RESOURCES),
+    (UnsupportedInstance, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+    (InvalidInstance, Status.CANNOT_UNDERSTAND),
+    (StorageError, Status.PROCESSING_FAILURE),
+    (SQLAlchemyError, Status.PROCESSING_FAILURE),
+    (OSError, Status.PROCESSING_FAILURE),
+)
+
+QUARANTINE_DIR = "quarantine"
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def status_for(exc: BaseException) -> int:
+    for cls, code in STATUS_FOR:
+        if isinstance(exc, cls):
+            return int(code)
+    return int(Status.PROCESSING_FAILURE)
+
+
+@dataclass(frozen=True)
+class ReceivedHeader:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    modality: str | None
+    accession_number: str | None
+
+
+def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHeader:
+    """Parse what the database needs from a received file and check it matches the request."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+        series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+        ds_sop = str(ds.get("SOPInstanceUID", "")).strip()
+        ds_class = str(ds.get("SOPClassUID", "")).strip()
+        modality = str(ds.get("Modality", "") or "").strip() or None
+        accession = str(ds.get("AccessionNumber", "") or "").strip()[:16] or None
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            NotImplementedError, OverflowError) as exc:
+        raise InvalidInstance(f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    if ds_sop != sop_uid:
+        raise InvalidInstance(f"SOP Instance UID in the data set ({ds_sop[:64]!r}) differs from the request")
+    if ds_class != sop_class_uid:
+        raise UnsupportedInstance(
+            f"SOP Class UID in the data set ({ds_class[:64]!r}) differs from the request ({sop_class_uid})"
+        )
+    return ReceivedHeader(study_uid, series_uid, sop_uid, sop_class_uid, modality, accession)
+
+
+class Receiver:
+    """radtriage's Storage SCP. ``on_stored`` and ``on_released`` wake the scheduler."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        *,
+        on_released: Callable[[], None] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.root = config.storage.path
+        self.clock = clock
+        self.on_released = on_released
+        self._assoc_ids: dict[int, int] = {}  # id(pynetdicom association) -> association.id
+        self._lock = threading.Lock()
+        self._server = None
+        node = config.node
+        self.ae = AE(ae_title=node.ae_title)
+        self.ae.maximum_associations = node.max_associations
+        self.ae.maximum_pdu_size = node.max_pdu_size
+        self.ae.acse_timeout = node.acse_timeout_s
+        self.ae.dimse_timeout = node.dimse_timeout_s
+        self.ae.network_timeout = node.network_timeout_s
+        if node.allowed_calling_aes:
+            self.ae.require_calling_aet = list(node.allowed_calling_aes)
+        syntaxes = decodable_transfer_syntaxes()
+        for sop_class in RADIOGRAPH_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, syntaxes)
+        self.ae.add_supported_context(Verification)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        node = self.config.node
+        if not node.allowed_calling_aes:
+            log.warning(
+                "node.allowed_calling_aes is empty: any calling AE title may send studies; "
+                "list the PACS AE titles to restrict access"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_end, ["released"]),
+            (evt.EVT_ABORTED, self._on_end, ["aborted"]),
+            (evt.EVT_CONN_CLOSE, self._on_end, ["closed"]),
+        ]
+        self._server = self.ae.start_server(
+            (node.host, node.port), block=False, evt_handlers=handlers
+        )
+        log.info("listening as %s on %s:%s", node.ae_title, node.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.node.port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting; in-flight C-STOREs finish before the server closes."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    # -- associations ----------------------------------------------------------------------
+
+    def _association_id(self, assoc: NetAssociation) -> int:
+        key = id(assoc)
+        with self._lock:
+            known = self._assoc_ids.get(key)
+        if known is not None:
+            return known
+        req = assoc.requestor
+        with self.db.session() as s:
+            row = Association(
+                calling_ae=(req.ae_title or "").strip()[:16],
+                peer_host=str(req.address)[:64],
+                peer_port=int(req.port or 0),
+                started_at=self.clock(),
+            )
+            s.add(row)
+            s.flush()
+            assoc_id = row.id
+        with self._lock:
+            self._assoc_ids[key] = assoc_id
+        return assoc_id
+
+    def _on_end(self, event: evt.Event, reason: str) -> None:
+        with self._lock:
+            assoc_id = self._assoc_ids.pop(id(event.assoc), None)
+        if assoc_id is None:
+            return
+        try:
+            with self.db.session() as s:
+                row = s.get(Association, assoc_id)
+                if row is not None and row.ended_at is None:
+                    row.ended_at = self.clock()
+                    row.end_reason = reason
+        except SQLAlchemyError:
+            # the completion rule falls back to stable_s for an association never marked ended
+            log.exception("could not record the end of association %s", assoc_id)
+        if self.on_released is not None:
+            self.on_released()
+
+    # -- C-STORE ---------------------------------------------------------------------------
+
+    def _on_store(self, event: evt.Event) -> int:
+        req = event.request
+        sop_uid = str(req.AffectedSOPInstanceUID or "")
+        sop_class = str(req.AffectedSOPClassUID or "")
+        calling = (event.assoc.requestor.ae_title or "").strip()
+        tmp: Path | None = None
+        try:
+            min_free = self.config.storage.min_free_mb * 1024 * 1024
+            if min_free and free_bytes(self.root) < min_free:
+                raise StorageFull(
+                    f"free space on {self.root} is below storage.min_free_mb "
+                    f"({self.config.storage.min_free_mb} MB)"
+                )
+            meta = event.file_meta
+            dataset = req.DataSet.getbuffer()
+
+            header_buf = BytesIO()
+            header_buf.write(_PREAMBLE)
+            write_file_meta_info(header_buf, meta, enforce_standard=True)
+            tmp, size = write_temp(self.root, (header_buf.getbuffer(), dataset))
+            try:
+                header = read_header(tmp, sop_uid=check_uid(sop_uid, "Affected SOP Instance UID"),
+                                     sop_class_uid=sop_class)
+            except (InvalidInstance, UnsupportedInstance) as exc:
+                self._quarantine(tmp, sop_uid, calling, str(exc))
+                tmp = None
+                raise
+            status = self._store(header, tmp, size, event, calling)
+            tmp = None
+            return status
+        except Exception as exc:  # mapped to a named status: no exception may escape a handler
+            code = status_for(exc)
+            log.error("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid[:64], calling,
+                      code, exc, exc_info=not isinstance(exc, (InvalidInstance, UnsupportedInstance,
+                                                               StorageFull)))
+            return code
+        finally:
+            if tmp is not None:
+                discard(tmp)
+
+    def _store(self, header: ReceivedHeader, tmp: Path, size: int, event: evt.Event, calling: str) -> int:
+        relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
+        dest = self.root / relpath
+        slog = study_logger(log, header.study_uid)
+        with self.db.session() as s:
+            existing = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+            if existing is not None and existing.size_bytes == size and dest.is_file() \
+                    and _same_content(dest, tmp):
+                s.add(Event(at=self.clock(), study_id=existing.study_id, kind=EventKind.DUPLICATE,
+                            detail=f"instance {header.sop_uid} re-sent by {calling}, identical"))
+                discard(tmp)
+                slog.info("instance %s re-sent by %s, identical: kept the stored copy",
+                          header.sop_uid, calling)
+                return int(Status.SUCCESS)
+        assoc_id = self._association_id(event.assoc)
+        commit_temp(self.root, tmp, relpath)
+        try:
+            self._record(header, relpath, size, event, calling, assoc_id)
+        except IntegrityError:
+            # another association inserted the same study or instance in the meantime: retry once
+            self._record(header, relpath, size, event, calling, assoc_id)
+        except BaseException:
+            # the file is on disk but not in the database: remove it unless an older row points to it
+            with self.db.session() as s:
+                known = s.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_uid))
+            if known is None:
+                discard(dest)
+            raise
+        slog.debug("stored %s (%d bytes) from %s", header.sop_uid, size, calling)
+        return int(Status.SUCCESS)
+
+    def _record(self, header: ReceivedHeader, relpath: str, size: int, event: evt.Event,
+                calling: str, assoc_id: int) -> None:
+        now = self.clock()
+        ts = str(event.context.transfer_syntax)
+        with self.db.session() as s:
+            study = s.scalar(
+                select(Study).where(Study.study_instance_uid == header.study_uid).with_for_update()
+            )
+            if study is None:
+                study = Study(
+                    study_instance_uid=header.study_uid, accession_number=header.accession_number,
+                    state=StudyState.RECEIVING, calling_ae=calling, first_received_at=now,
+                    last_received_at=now, revision=1,
+                )
+                s.add(study)
+                s.flush()
+            elif study.state != StudyState.RECEIVING:
+                previous = study.state
+                study.state = StudyState.RECEIVING
+                study.state_reason = None
+                study.completed_at = None
+                study.revision += 1
+                s.add(Event(at=now, study_id=study.id, kind=EventKind.REOPENED,
+                            detail=f"instance {header.sop_uid} arrived while {previous.value}; "
+                                   f"revision {study.revision}"))
+                study_logger(log, header.study_uid).info(
+                    "late instance re-opened the study (was %s)", previous.value)
+            study.last_received_at = now
+            study.last_association_id = assoc_id
+            study.calling_ae = calling
+            instance = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+            if instance is None:
+                instance = Instance(sop_instance_uid=header.sop_uid)
+                s.add(instance)
+            instance.study_id = study.id
+            instance.series_instance_uid = header.series_uid
+            instance.sop_class_uid = header.sop_class_uid
+            instance.transfer_syntax_uid = ts
+            instance.modality = header.modality
+            instance.path = relpath
+            instance.size_bytes = size
+            instance.received_at = now
+            instance.association_id = assoc_id
+            s.add(Event(at=now, study_id=study.id, kind=EventKind.RECEIVED,
+                        detail=f"instance {header.sop_uid} from {calling} ({UID(ts).name})"))
+
+    def _quarantine(self, tmp: Path, sop_uid: str, calling: str, reason: str) -> None:
+        """Keep what could not be understood, with the reason, for the operator."""
+        stamp = self.clock().strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}-{uuid.uuid4().hex[:8]}"
+        rel = f"{QUARANTINE_DIR}/{name}.dcm"
+        commit_temp(self.root, tmp, rel)
+        note = f"calling AE: {calling}\naffected SOP instance: {sop_uid[:64]}\nreason: {reason}\n"
+        durable_write(self.root, f"{QUARANTINE_DIR}/{name}.txt", [note.encode()])
+        log.warning("quarantined an instance from %s as %s: %s", calling, rel, reason)
+
+
+def _same_content(a: Path, b: Path, block: int = 1 << 20) -> bool:
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if x != y:
+                return False
+            if not x:
+                return True

@@ -1,0 +1,172 @@
+"""The running daemon: wires config, database, model, receiver, scheduler, worker and dispatch.
+
+``Service(config).start()`` brings everything up in dependency order and fails fast with a
+clear message (bad checkpoint, port in use, database unreachable). ``stop()`` stops taking new
+associations, lets in-flight C-STOREs and the study being scored finish, and closes down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from daemon.completion import sweep
+from daemon.config import Config
+from daemon.dispatch import Dispatcher
+from daemon.receiver import Receiver
+from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, recover
+from db import Database, utcnow
+from dicom_io.destinations import Destination, DicomStore
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to fix."""
+
+
+def load_scorer(config: Config) -> ViewScorer:
+    """Load the configured checkpoint onto the configured device (torch imported only here)."""
+    from inference.errors import CheckpointError
+    from inference.model import Scorer, load_checkpoint, select_device
+
+    m = config.model
+    try:
+        model, card = load_checkpoint(m.checkpoint, allow_untrained=m.allow_untrained)
+        device = select_device(m.device)
+    except CheckpointError as exc:
+        raise StartupError(f"model.checkpoint: {exc}") from exc
+    if not card.trained:
+        log.warning("serving UNTRAINED model %s %s because model.allow_untrained is true: "
+                    "its scores mean nothing", card.name, card.version)
+    log.info("model %s %s (%s) on %s", card.name, card.version, card.arch, device)
+    return Scorer(model, card, device=device, batch_size=m.batch_size, cpu_threads=m.cpu_threads)
+
+
+def build_destinations(config: Config) -> dict[str, Destination]:
+    return {
+        d.name: DicomStore(name=d.name, ae_title=d.ae_title, host=d.host, port=d.port,
+                           calling_ae_title=config.dispatch.calling_ae_title,
+                           timeout_s=config.dispatch.timeout_s)
+        for d in config.destinations
+    }
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        scorer: ViewScorer | None = None,
+        destinations: dict[str, Destination] | None = None,
+        clock: Callable = utcnow,  # type: ignore[type-arg]
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._scorer = scorer
+        self._destinations = destinations
+        self.db: Database | None = None
+        self.receiver: Receiver | None = None
+        self.worker: ScoringWorker | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self._stopped = threading.Event()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        cfg.storage.path.mkdir(parents=True, exist_ok=True)
+        scorer = self._scorer or load_scorer(cfg)
+        self.db = Database(cfg.database.url)
+        try:
+            self.db.migrate()
+            recover(self.db, self.clock())
+        except SQLAlchemyError as exc:
+            raise StartupError(f"database.url: cannot use {self.db.describe()}: {exc}") from exc
+        self.worker = ScoringWorker(StudyScorer(cfg, self.db, scorer, clock=self.clock))
+        self.dispatcher = Dispatcher(self.db, self._destinations or build_destinations(cfg),
+                                     cfg.dispatch, cfg.storage.path, clock=self.clock)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scheduler.add_job(self._completion_tick, "interval", seconds=cfg.completion.sweep_interval_s,
+                               id="completion", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self._dispatch_tick, "interval", seconds=cfg.dispatch.interval_s,
+                               id="dispatch", max_instances=1, coalesce=True)
+        self.worker.on_scored = self._dispatch_now
+        self.receiver = Receiver(cfg, self.db, clock=self.clock)
+        try:
+            self.receiver.start()
+        except OSError as exc:
+            raise StartupError(
+                f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror or exc}"
+            ) from exc
+        self.worker.start()
+        self.scheduler.start()
+        log.info("radtriage is running: AE %s, port %s, %d destination(s), storage %s, database %s",
+                 cfg.node.ae_title, self.receiver.port, len(cfg.destinations), cfg.storage.path,
+                 self.db.describe())
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def _completion_tick(self) -> None:
+        cfg = self.config.completion
+        try:
+            done = sweep(self.db, self.clock(), release_grace_s=cfg.release_grace_s, stable_s=cfg.stable_s)
+        except SQLAlchemyError:
+            log.exception("completion sweep failed; retried at the next tick")
+            return
+        if done and self.worker is not None:
+            self.worker.wake()
+
+    def _dispatch_tick(self) -> None:
+        try:
+            self.dispatcher.run_due()
+        except SQLAlchemyError:
+            log.exception("dispatch failed; retried at the next tick")
+
+    def _dispatch_now(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            job = self.scheduler.get_job("dispatch")
+            if job is not None:
+                job.modify(next_run_time=utcnow())
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop in order: no new associations, finish scoring, finish sends, close the database."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping: finishing in-flight work")
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker.join()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.db is not None:
+            self.db.dispose()
+        log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        done = threading.Event()
+
+        def _signal(signum: int, _frame: object) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            done.set()
+
+        previous = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not done.wait(1.0):
+                pass
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.stop()

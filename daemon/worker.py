@@ -1,0 +1,302 @@
+"""Scoring: a complete study becomes a result, an SR on disk, and one delivery per destination.
+
+:func:`score_study` is an idempotent function of a study id: it reads its input from the
+database and storage and writes its output back in one transaction. If the study was re-opened
+by a late instance while it was being scored, the work is thrown away and the study is scored
+again once it is complete. A crash at any point is recovered by :func:`recover` at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from io import BytesIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select, update
+
+from daemon.config import Config
+from daemon.logs import study_logger
+from db import (
+    Association,
+    Database,
+    Delivery,
+    DeliveryState,
+    Event,
+    EventKind,
+    ImageScore,
+    Instance,
+    Study,
+    StudyResult,
+    StudyState,
+    utcnow,
+)
+from dicom_io.errors import DicomIOError
+from dicom_io.pixels import Preprocessing, prepare_file
+from dicom_io.sr import TriageReport, ViewScore, build_triage_sr, series_description
+from dicom_io.storage import durable_write, output_relpath
+from inference.policy import is_abnormal, priority_for, study_probability
+
+log = logging.getLogger(__name__)
+
+#: radtriage's own UID root is not registered; UIDs come from pydicom's generator (UUID-derived)
+#: and the device UID from the model card, so it changes with the model version.
+DEVICE_UID_NAMESPACE = "radtriage-device"
+
+
+class ViewScorer(Protocol):
+    """What the worker needs of a model: probabilities for prepared views, and its card."""
+
+    @property
+    def card(self): ...  # noqa: D102 - an inference.model.ModelCard
+
+    def score(self, views: Sequence[np.ndarray]) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class ViewOutcome:
+    instance_id: int
+    sop_instance_uid: str
+    probability: float | None
+    error: str | None
+
+
+def device_uid(name: str, version: str) -> str:
+    """A stable UID for (model name, version): the SR's device observer."""
+    return generate_uid(entropy_srcs=[DEVICE_UID_NAMESPACE, name, version])
+
+
+def score_views(scorer: ViewScorer, paths: Sequence[tuple[int, str, Path]],
+                prep: Preprocessing) -> list[ViewOutcome]:
+    """Prepare every view, score those that could be prepared in batches, keep the reasons."""
+    prepared: list[np.ndarray] = []
+    index: list[int] = []
+    outcomes: list[ViewOutcome | None] = [None] * len(paths)
+    for i, (instance_id, sop_uid, path) in enumerate(paths):
+        try:
+            prepared.append(prepare_file(path, prep))
+            index.append(i)
+        except DicomIOError as exc:
+            outcomes[i] = ViewOutcome(instance_id, sop_uid, None, str(exc))
+        except OSError as exc:
+            outcomes[i] = ViewOutcome(instance_id, sop_uid, None, f"cannot read the stored file: {exc.strerror}")
+    try:
+        probabilities: list[float | None] = list(scorer.score(prepared)) if prepared else []
+        error = None
+    except Exception as exc:  # the model failed on this study: report it as not analysed
+        log.exception("inference failed")
+        probabilities = [None] * len(prepared)
+        error = f"inference failed: {type(exc).__name__}: {exc}"
+    for i, p in zip(index, probabilities):
+        instance_id, sop_uid, _ = paths[i]
+        outcomes[i] = ViewOutcome(instance_id, sop_uid, None if p is None else float(p), error)
+    return [o for o in outcomes if o is not None]
+
+
+class StudyScorer:
+    """Everything needed to score a study; one per process."""
+
+    def __init__(self, config: Config, db: Database, scorer: ViewScorer, *,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.config = config
+        self.db = db
+        self.scorer = scorer
+        self.clock = clock
+        self.root = config.storage.path
+        self.prep = Preprocessing.from_card(scorer.card.preprocessing)
+
+    def claim_next(self) -> tuple[int, int] | None:
+        """Move the oldest complete study to scoring; return (study id, revision)."""
+        with self.db.session() as s:
+            study = s.scalars(
+                select(Study).where(Study.state == StudyState.COMPLETE)
+                .order_by(Study.completed_at, Study.id).limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if study is None:
+                return None
+            study.state = StudyState.SCORING
+            return study.id, study.revision
+
+    def score_study(self, study_id: int, revision: int) -> int | None:
+        """Score a claimed study; return the new result id, or None when the work was stale."""
+        with self.db.session() as s:
+            study = s.get(Study, study_id)
+            if study is None or study.state != StudyState.SCORING or study.revision != revision:
+                return None
+            study_uid = study.study_instance_uid
+            rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances]
+        slog = study_logger(log, study_uid)
+        card = self.scorer.card
+        outcomes = score_views(self.scorer, rows, self.prep)
+        probability = study_probability(o.probability for o in outcomes)
+        threshold = self.config.model.threshold
+        rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
+        priority = priority_for(probability, rules, self.config.priority.default)
+        reason = None
+        if probability is None:
+            errors = sorted({o.error for o in outcomes if o.error})
+            reason = "no view could be scored: " + "; ".join(errors) if errors else "no views"
+        report = TriageReport(
+            probability=probability,
+            abnormal=None if probability is None else is_abnormal(probability, threshold),
+            priority=priority,
+            threshold=threshold,
+            algorithm_name=card.display_name,
+            algorithm_version=card.version,
+            views=tuple(ViewScore(o.sop_instance_uid, o.probability, o.error) for o in outcomes),
+            reason=reason,
+        )
+        sr_uid, sr_series = generate_uid(), generate_uid()
+        sources = [dcmread(path, stop_before_pixels=True) for _, _, path in rows if path.is_file()]
+        sr = build_triage_sr(
+            report, sources,
+            series_instance_uid=sr_series, sop_instance_uid=sr_uid,
+            series_number=self.config.report.series_number,
+            device_observer_uid=device_uid(card.name, card.version),
+            manufacturer=self.config.report.manufacturer,
+            comprehensive_3d=self.config.report.sop_class == "comprehensive3d",
+            include_view_groups=True,
+        )
+        relpath = output_relpath(study_uid, sr_uid)
+        durable_write(self.root, relpath, [_encode(sr)])
+        return self._record(study_id, revision, report, outcomes, sr_uid, sr_series, relpath, slog)
+
+    def _record(self, study_id: int, revision: int, report: TriageReport,
+                outcomes: Sequence[ViewOutcome], sr_uid: str, sr_series: str, relpath: str,
+                slog: logging.LoggerAdapter) -> int | None:
+        now = self.clock()
+        with self.db.session() as s:
+            study = s.get(Study, study_id, with_for_update=True)
+            if study is None or study.state != StudyState.SCORING or study.revision != revision:
+                slog.info("study changed while it was scored; result discarded, it will be scored again")
+                (self.root / relpath).unlink(missing_ok=True)
+                return None
+            old = s.scalars(select(StudyResult.id).where(
+                StudyResult.study_id == study_id, StudyResult.superseded.is_(False))).all()
+            if old:
+                s.execute(update(StudyResult).where(StudyResult.id.in_(old)).values(superseded=True))
+                s.execute(update(Delivery).where(Delivery.result_id.in_(old),
+                                                 Delivery.state == DeliveryState.PENDING)
+                          .values(state=DeliveryState.SUPERSEDED))
+            result = StudyResult(
+                study_id=study_id, study_revision=revision, created_at=now,
+                analysed=report.probability is not None, reason=report.reason,
+                probability=report.probability, abnormal=report.abnormal, priority=report.priority,
+                threshold=report.threshold, model_name=report.algorithm_name,
+                model_version=report.algorithm_version, superseded=False,
+                sr_sop_instance_uid=sr_uid, sr_series_instance_uid=sr_series, sr_path=relpath,
+                series_description=series_description(report),
+            )
+            s.add(result)
+            s.flush()
+            for o in outcomes:
+                s.add(ImageScore(result_id=result.id, instance_id=o.instance_id,
+                                 probability=o.probability, error=o.error))
+            for dest in self.config.destinations:
+                s.add(Delivery(result_id=result.id, destination=dest.name, object_kind="SR",
+                               sop_instance_uid=sr_uid, path=relpath, priority=report.priority,
+                               state=DeliveryState.PENDING, attempts=0, next_attempt_at=now,
+                               created_at=now))
+            study.scored_at = now
+            study.state = StudyState.DISPATCHING if self.config.destinations else StudyState.SCORED
+            kind = EventKind.SCORED if report.probability is not None else EventKind.NOT_ANALYSED
+            s.add(Event(at=now, study_id=study_id, kind=kind, detail=result.series_description))
+            result_id = result.id
+        if report.probability is None:
+            slog.warning("not analysed: %s", report.reason)
+        else:
+            slog.info("scored %.3f over %d view(s): %s", report.probability,
+                      sum(o.probability is not None for o in outcomes), result.series_description)
+        return result_id
+
+    def fail(self, study_id: int, revision: int, reason: str) -> None:
+        with self.db.session() as s:
+            study = s.get(Study, study_id, with_for_update=True)
+            if study is None or study.revision != revision or study.state != StudyState.SCORING:
+                return
+            study.state = StudyState.FAILED
+            study.state_reason = reason[:2000]
+            s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
+
+
+def _encode(ds: Dataset) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def recover(db: Database, now: dt.datetime) -> None:
+    """At start-up: undo what a crash interrupted, so every stage runs again.
+
+    Open associations died with the old process; studies being scored go back to complete;
+    deliveries being sent go back to pending (the PACS stores an SR once per SOP Instance UID).
+    """
+    with db.session() as s:
+        n_assoc = s.execute(update(Association).where(Association.ended_at.is_(None))
+                            .values(ended_at=now, end_reason="interrupted")).rowcount
+        scoring = s.scalars(select(Study).where(Study.state == StudyState.SCORING)).all()
+        for study in scoring:
+            study.state = StudyState.COMPLETE
+            s.add(Event(at=now, study_id=study.id, kind=EventKind.RECOVERED,
+                        detail="scoring interrupted by a restart; scored again"))
+        n_send = s.execute(update(Delivery).where(Delivery.state == DeliveryState.SENDING)
+                           .values(state=DeliveryState.PENDING, next_attempt_at=now)).rowcount
+    if n_assoc or scoring or n_send:
+        log.warning("recovered after an unclean stop: %d association(s) closed, %d study(ies) "
+                    "to score again, %d delivery(ies) to send again", n_assoc, len(scoring), n_send)
+
+
+class ScoringWorker(threading.Thread):
+    """Scores complete studies one after another until stopped; woken by the completion sweep."""
+
+    def __init__(self, study_scorer: StudyScorer) -> None:
+        super().__init__(name="radtriage-scoring", daemon=True)
+        self.study_scorer = study_scorer
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.on_scored: Callable[[], None] | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the study in hand, then stop."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            while not self._stopping.is_set() and self.run_once():
+                pass
+
+    def run_once(self) -> bool:
+        """Score one complete study if there is one; return whether there was."""
+        try:
+            claimed = self.study_scorer.claim_next()
+        except Exception:  # a database outage must not kill the worker thread; retried next tick
+            log.exception("cannot look for complete studies")
+            return False
+        if claimed is None:
+            return False
+        study_id, revision = claimed
+        try:
+            self.study_scorer.score_study(study_id, revision)
+        except Exception as exc:  # one study's failure is recorded; the others go on
+            log.exception("scoring study %s failed", study_id)
+            try:
+                self.study_scorer.fail(study_id, revision, f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("cannot record the failure of study %s", study_id)
+        if self.on_scored is not None:
+            self.on_scored()
+        return True

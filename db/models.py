@@ -1,0 +1,245 @@
+"""SQLAlchemy 2 models: the whole state of radtriage lives here, so every stage can be re-run.
+
+Studies move ``receiving -> complete -> scoring -> scored -> dispatching -> delivered``, with
+``failed`` (and a reason) reachable from each and ``rejected`` for what must never be scored.
+Patient names and IDs are not stored: what the outputs need is read from the stored instances.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: object) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class StudyState(str, enum.Enum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    SCORING = "scoring"
+    SCORED = "scored"
+    DISPATCHING = "dispatching"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class DeliveryState(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEAD = "dead"            # gave up after dispatch.max_attempts; kept for the operator
+    SUPERSEDED = "superseded"  # a newer result replaced it before it was sent
+
+
+class EventKind(str, enum.Enum):
+    RECEIVED = "received"
+    DUPLICATE = "duplicate"
+    REOPENED = "reopened"
+    COMPLETED = "completed"
+    SCORED = "scored"
+    NOT_ANALYSED = "not_analysed"
+    SENT = "sent"
+    SEND_FAILED = "send_failed"
+    FAILED = "failed"
+    RECOVERED = "recovered"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, values_callable=lambda e: [m.value for m in e],
+                native_enum=False, length=32, validate_strings=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Association(Base):
+    """One DICOM association that brought instances; completion waits for its release."""
+
+    __tablename__ = "association"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)  # released/aborted/...
+
+    __table_args__ = (Index("ix_association_open", "ended_at"),)
+
+
+class Study(Base):
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    state: Mapped[StudyState] = mapped_column(_enum(StudyState, "study_state"), index=True)
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    calling_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    #: the association that brought the latest instance; completion waits for its release
+    last_association_id: Mapped[int | None] = mapped_column(
+        ForeignKey("association.id"), nullable=True
+    )
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scored_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: bumped each time a late instance re-opens the study; a result belongs to one revision
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
+    results: Mapped[list[StudyResult]] = relationship(
+        back_populates="study", order_by="StudyResult.id"
+    )
+    last_association: Mapped[Association | None] = relationship()
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: path relative to ``storage.path``
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id"), nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class StudyResult(Base):
+    """One scoring of one revision of a study; the newest is current, older ones superseded."""
+
+    __tablename__ = "study_result"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    study_revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    analysed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why not analysed
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    abnormal: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    priority: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False)
+    sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sr_series_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: relative to ``storage.path``
+    sr_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    series_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="results")
+    scores: Mapped[list[ImageScore]] = relationship(
+        back_populates="result", order_by="ImageScore.id"
+    )
+    deliveries: Mapped[list[Delivery]] = relationship(
+        back_populates="result", order_by="Delivery.id"
+    )
+
+    __table_args__ = (UniqueConstraint("study_id", "study_revision", name="uq_result_revision"),)
+
+
+class ImageScore(Base):
+    __tablename__ = "image_score"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_result.id", ondelete="CASCADE"), index=True
+    )
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id", ondelete="CASCADE"))
+    probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    result: Mapped[StudyResult] = relationship(back_populates="scores")
+    instance: Mapped[Instance] = relationship()
+
+
+class Delivery(Base):
+    """One object to one destination: the persisted retry queue."""
+
+    __tablename__ = "delivery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_result.id", ondelete="CASCADE"), index=True
+    )
+    destination: Mapped[str] = mapped_column(String(64))
+    object_kind: Mapped[str] = mapped_column(String(16))  # "SR"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to storage.path
+    priority: Mapped[str] = mapped_column(String(16))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState, "delivery_state"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    result: Mapped[StudyResult] = relationship(back_populates="deliveries")
+
+    __table_args__ = (
+        Index("ix_delivery_due", "state", "next_attempt_at"),
+        UniqueConstraint("result_id", "destination", "object_kind", name="uq_delivery_object"),
+    )
+
+
+class Event(Base):
+    """The audit trail: what happened to which study, when, and why. Never patient data."""
+
+    __tablename__ = "event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("study.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    kind: Mapped[EventKind] = mapped_column(_enum(EventKind, "event_kind"))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,1 @@
+"""DICOM in and out: storage layout, reading, pixel conversion, building reports, sending."""

@@ -1,0 +1,1 @@
+"""Model definition, checkpoints, batched scoring and the priority policy."""
