@@ -166,6 +166,7 @@ class Receiver:
         self.root.mkdir(parents=True, exist_ok=True)
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end, ["released"]),
             (evt.EVT_ABORTED, self._on_end, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_end, ["closed"]),
@@ -210,6 +211,18 @@ class Receiver:
         with self._lock:
             self._assoc_ids[key] = assoc_id
         return assoc_id
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        calling = (req.ae_title or "").strip()
+        allowed = self.config.node.allowed_calling_aes
+        if allowed and calling not in allowed:
+            why = "calling AE title not in node.allowed_calling_aes"
+        elif len(self.ae.active_associations) > self.ae.maximum_associations:
+            why = f"node.max_associations ({self.ae.maximum_associations}) reached"
+        else:
+            why = "association negotiation failed"
+        log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port, why)
 
     def _on_end(self, event: evt.Event, reason: str) -> None:
         with self._lock:

@@ -1,0 +1,99 @@
+"""Shared fixtures: free ports, a plumbing checkpoint, synthetic studies, database URLs.
+
+PostgreSQL tests use the server at 127.0.0.1:5432 (database ``test``, trust auth), each test
+in a fresh schema-less database created for it and dropped after; set RADTRIAGE_TEST_PG to
+another server URL, or to ``skip`` where there is none (CI requires it: ``CI=true`` turns a
+missing server into a failure, not a skip).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("RADTRIAGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised DenseNet-169 saved as a checkpoint whose card says untrained."""
+    import torch
+
+    from inference.model import ModelCard, build_model, save_checkpoint
+
+    torch.manual_seed(1234)
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    save_checkpoint(path, build_model("densenet169"),
+                    ModelCard(name="plumbing-test", version="0.0.1", trained=False,
+                              description="random weights, for plumbing tests only"))
+    return path
+
+
+def write_study(folder: Path, **spec_kwargs) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Write a synthetic study (dicom_io.synthetic.StudySpec kwargs) and return the files."""
+    from dicom_io.synthetic import StudySpec, make_study
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(make_study(StudySpec(**spec_kwargs))):
+        p = folder / f"view{i + 1}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def _pg_available() -> str | None:
+    if PG_ADMIN_URL == "skip":
+        return "RADTRIAGE_TEST_PG=skip"
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            pass
+    except Exception as exc:  # any failure to connect means: no server here
+        return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    why = _pg_available()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL: {why}")
+        pytest.skip(why)
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"radtriage_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each database test runs on SQLite (a file, WAL) and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'radtriage.db'}"
+    return request.getfixturevalue("pg_url")

@@ -1,0 +1,145 @@
+"""daemon.cli: ``radtriage score`` offline, end to end through the untrained plumbing checkpoint."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+from daemon.cli import main
+from daemon.config import PriorityConfig
+from inference.policy import priority_for
+
+
+
+def write_study(folder: Path, **spec_kwargs) -> list[Path]:  # type: ignore[no-untyped-def]
+    """As tests/conftest.py's helper: a synthetic study as files view1.dcm, view2.dcm, ..."""
+    from dicom_io.synthetic import StudySpec, make_study
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, ds in enumerate(make_study(StudySpec(**spec_kwargs))):
+        p = folder / f"view{i + 1}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No RADTRIAGE_* variable leaks in; the logging set-up of ``score`` is undone afterwards."""
+    for name in list(os.environ):
+        if name.startswith("RADTRIAGE_"):
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+def make_config(tmp_path: Path, checkpoint: Path, **model) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "radtriage.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"checkpoint": str(checkpoint), "device": "cpu", "batch_size": 4, **model},
+        "storage": {"path": "var/storage"},
+        "database": {"url": "sqlite:///var/radtriage.db"},
+    }), encoding="utf-8")
+    return path
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    write_study(folder / "study", views=2, seed=5)
+    (folder / "notes.txt").write_text("not a DICOM file\n", encoding="utf-8")
+    return folder
+
+
+def test_score_json(tmp_path: Path, folder: Path, untrained_checkpoint: Path) -> None:
+    config = make_config(tmp_path, untrained_checkpoint, allow_untrained=True)
+    code, out, err = run("score", str(folder), "--json", "--config", str(config))
+    assert code == 0, err
+    rows = json.loads(out)
+    assert isinstance(rows, list) and len(rows) == 2
+
+    study = next(r for r in rows if r["study_instance_uid"] is not None)
+    views = study["views"]
+    assert len(views) == 2
+    from pydicom import dcmread
+
+    files = sorted((folder / "study").iterdir())
+    expected_uids = {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert {v["sop_instance_uid"] for v in views} == expected_uids
+    assert study["study_instance_uid"] == str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    for v in views:
+        assert v["error"] is None
+        assert 0.0 <= v["probability"] <= 1.0
+    mean = sum(v["probability"] for v in views) / 2
+    assert study["probability"] == pytest.approx(mean, abs=1e-12)
+    rules = [(r.min_probability, r.priority) for r in PriorityConfig().rules]
+    assert study["priority"] == priority_for(study["probability"], rules, "ROUTINE")
+    assert study["abnormal"] is (study["probability"] >= 0.5)
+    assert "UNTRAINED" in study["model"]
+
+    junk = next(r for r in rows if r["study_instance_uid"] is None)
+    assert junk["probability"] is None and junk["priority"] == "ROUTINE"
+    [bad] = junk["views"]
+    assert bad["path"] == str(folder / "notes.txt")
+    assert bad["probability"] is None and bad["sop_instance_uid"] is None
+    assert "not a readable DICOM file" in bad["error"]
+
+
+def test_score_table(tmp_path: Path, folder: Path, untrained_checkpoint: Path) -> None:
+    config = make_config(tmp_path, untrained_checkpoint, allow_untrained=True)
+    code, out, err = run("score", str(folder), "--config", str(config))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("STUDY INSTANCE UID")
+    assert any("2/2 scored" in line for line in lines)
+    assert any("(unreadable files)" in line and "0/1 scored" in line for line in lines)
+
+
+def test_score_refuses_untrained_model(tmp_path: Path, folder: Path, untrained_checkpoint: Path) -> None:
+    config = make_config(tmp_path, untrained_checkpoint)
+    code, out, err = run("score", str(folder), "--json", "--config", str(config))
+    assert code == 1
+    assert out == ""
+    assert "untrained" in err.lower() and "never trained" in err
+    assert str(untrained_checkpoint) in err
+
+
+def test_score_missing_checkpoint_exits_1(tmp_path: Path, folder: Path) -> None:
+    config = make_config(tmp_path, tmp_path / "absent.pt", allow_untrained=True)
+    code, _, err = run("score", str(folder), "--config", str(config))
+    assert code == 1
+    assert "absent.pt" in err
+
+
+def test_score_missing_input_exits_2(tmp_path: Path, untrained_checkpoint: Path) -> None:
+    config = make_config(tmp_path, untrained_checkpoint, allow_untrained=True)
+    code, _, err = run("score", str(tmp_path / "nothing-here"), "--config", str(config))
+    assert code == 2
+    assert "nothing-here" in err
+
+
+def test_score_bad_config_exits_2(tmp_path: Path, folder: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  threshold: 3\n", encoding="utf-8")
+    code, out, err = run("score", str(folder), "--config", str(path))
+    assert code == 2 and out == ""
+    assert "model.threshold = 3" in err

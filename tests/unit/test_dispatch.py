@@ -1,0 +1,307 @@
+"""daemon.dispatch: the persisted delivery queue, with a fake destination and an injected clock."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from daemon.config import DispatchConfig
+from daemon.dispatch import Dispatcher, backoff_s
+from db import (
+    Database,
+    Delivery,
+    DeliveryState,
+    Event,
+    EventKind,
+    Study,
+    StudyResult,
+    StudyState,
+)
+from dicom_io.destinations import FakeDestination
+
+T0 = dt.datetime(2026, 5, 6, 8, 0, 0, tzinfo=dt.timezone.utc)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+_counter = iter(range(1, 10_000))
+
+
+def add_delivery(db: Database, *, priority: str = "ROUTINE", created: dt.datetime = T0,
+                 due: dt.datetime | None = None, destinations: tuple[str, ...] = ("pacs",),
+                 superseded: bool = False, study_state: StudyState = StudyState.DISPATCHING,
+                 ) -> tuple[int, list[int]]:
+    """A study with one result and one pending SR delivery per destination; (study id, delivery ids)."""
+    n = next(_counter)
+    with db.session() as s:
+        study = Study(study_instance_uid=f"1.2.826.0.1.{n}", state=study_state, first_received_at=created,
+                      last_received_at=created, completed_at=created, scored_at=created, revision=1)
+        s.add(study)
+        s.flush()
+        result = StudyResult(study_id=study.id, study_revision=1, created_at=created, analysed=True,
+                             probability=0.9, abnormal=True, priority=priority, threshold=0.5,
+                             model_name="m", model_version="1", superseded=superseded,
+                             sr_sop_instance_uid=f"1.2.826.0.2.{n}", sr_path=f"outputs/{n}/sr.dcm")
+        s.add(result)
+        s.flush()
+        ids = []
+        for dest in destinations:
+            d = Delivery(result_id=result.id, destination=dest, object_kind="SR",
+                         sop_instance_uid=f"1.2.826.0.2.{n}", path=f"outputs/{n}/sr.dcm", priority=priority,
+                         state=DeliveryState.PENDING, attempts=0, next_attempt_at=due or created,
+                         created_at=created)
+            s.add(d)
+            s.flush()
+            ids.append(d.id)
+        return study.id, ids
+
+
+def delivery(db: Database, delivery_id: int) -> Delivery:
+    with db.session() as s:
+        return s.get(Delivery, delivery_id)
+
+
+def study(db: Database, study_id: int) -> Study:
+    with db.session() as s:
+        return s.get(Study, study_id)
+
+
+def events(db: Database, study_id: int) -> list[Event]:
+    with db.session() as s:
+        return list(s.scalars(select(Event).where(Event.study_id == study_id).order_by(Event.id)))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fake() -> FakeDestination:
+    return FakeDestination(name="pacs")
+
+
+def make_dispatcher(db: Database, root: Path, clock: Clock, *dests: FakeDestination,
+                    **config) -> Dispatcher:  # type: ignore[no-untyped-def]
+    cfg = DispatchConfig(**{"backoff_initial_s": 5, "backoff_max_s": 60, "max_attempts": 5, **config})
+    return Dispatcher(db, {d.name: d for d in dests}, cfg, root, clock=clock)
+
+
+# -- backoff -------------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_and_caps() -> None:
+    assert [backoff_s(n, 5, 300) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert backoff_s(0, 5, 300) == 5
+    assert backoff_s(100, 5, 300) == 300
+    assert backoff_s(3, 1.5, 4) == 4
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+def test_pending_delivery_is_sent(database: Database, tmp_path: Path, clock: Clock,
+                                  fake: FakeDestination) -> None:
+    sid, [did] = add_delivery(database)
+    clock.advance(1)
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert fake.sent == [tmp_path / d.path]
+    assert d.state == DeliveryState.DELIVERED
+    assert d.attempts == 1 and d.delivered_at == clock.now and d.last_error is None
+    st = study(database, sid)
+    assert st.state == StudyState.DELIVERED and st.delivered_at == clock.now
+    [ev] = events(database, sid)
+    assert ev.kind == EventKind.SENT and ev.at == clock.now
+    assert "pacs" in ev.detail and "attempt 1" in ev.detail
+
+    assert dispatcher.run_due() == 0          # nothing left
+    assert len(fake.sent) == 1
+
+
+def test_study_is_delivered_only_when_every_destination_got_it(database: Database, tmp_path: Path,
+                                                                clock: Clock) -> None:
+    pacs, viewer = FakeDestination(name="pacs"), FakeDestination(name="viewer", down=True)
+    sid, [d_pacs, d_viewer] = add_delivery(database, destinations=("pacs", "viewer"))
+    dispatcher = make_dispatcher(database, tmp_path, clock, pacs, viewer)
+
+    assert dispatcher.run_due() == 2
+    assert delivery(database, d_pacs).state == DeliveryState.DELIVERED
+    assert delivery(database, d_viewer).state == DeliveryState.PENDING
+    assert study(database, sid).state == StudyState.DISPATCHING
+    assert study(database, sid).delivered_at is None
+
+    viewer.down = False
+    clock.advance(5)
+    assert dispatcher.run_due() == 1
+    assert study(database, sid).state == StudyState.DELIVERED
+    assert len(pacs.sent) == 1 and len(viewer.sent) == 1
+
+
+def test_down_destination_backs_off_then_delivers_once(database: Database, tmp_path: Path,
+                                                      clock: Clock, fake: FakeDestination) -> None:
+    sid, [did] = add_delivery(database)
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+    fake.down = True
+
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.state == DeliveryState.PENDING and d.attempts == 1
+    assert d.next_attempt_at == T0 + dt.timedelta(seconds=backoff_s(1, 5, 60))
+    assert "down" in d.last_error
+    assert [e.kind for e in events(database, sid)] == [EventKind.SEND_FAILED]
+    assert study(database, sid).state == StudyState.DISPATCHING
+
+    clock.advance(4.9)                                  # not due yet
+    assert dispatcher.run_due() == 0
+    assert delivery(database, did).attempts == 1
+
+    clock.advance(0.1)                                  # due: fails again, waits twice as long
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.attempts == 2
+    assert d.next_attempt_at == clock.now + dt.timedelta(seconds=backoff_s(2, 5, 60)) == \
+        clock.now + dt.timedelta(seconds=10)
+
+    fake.down = False
+    clock.advance(9)
+    assert dispatcher.run_due() == 0                    # up, but not due
+    assert fake.sent == []
+    clock.advance(1)
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.state == DeliveryState.DELIVERED and d.attempts == 3 and d.last_error is None
+    assert study(database, sid).state == StudyState.DELIVERED
+
+    clock.advance(3600)
+    assert dispatcher.run_due() == 0
+    assert fake.sent == [tmp_path / d.path]             # exactly once
+    kinds = [e.kind for e in events(database, sid)]
+    assert kinds == [EventKind.SEND_FAILED, EventKind.SEND_FAILED, EventKind.SENT]
+
+
+def test_not_due_delivery_is_not_sent(database: Database, tmp_path: Path, clock: Clock,
+                                      fake: FakeDestination) -> None:
+    add_delivery(database, due=T0 + dt.timedelta(seconds=30))
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+    assert dispatcher.run_due() == 0
+    clock.advance(30)
+    assert dispatcher.run_due() == 1
+    assert len(fake.sent) == 1
+
+
+def test_high_priority_goes_first(database: Database, tmp_path: Path, clock: Clock,
+                                  fake: FakeDestination) -> None:
+    early = T0 - dt.timedelta(minutes=10)
+    _, [routine] = add_delivery(database, priority="ROUTINE", created=early)
+    _, [elevated] = add_delivery(database, priority="ELEVATED", created=early + dt.timedelta(minutes=1))
+    _, [high] = add_delivery(database, priority="HIGH", created=T0)
+    _, [routine2] = add_delivery(database, priority="ROUTINE", created=early + dt.timedelta(minutes=2))
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+
+    assert dispatcher.run_due() == 4
+    order = [delivery(database, i).path for i in (high, elevated, routine, routine2)]
+    assert [str(p.relative_to(tmp_path)) for p in fake.sent] == order
+
+
+def test_limit_sends_the_most_urgent(database: Database, tmp_path: Path, clock: Clock,
+                                     fake: FakeDestination) -> None:
+    _, [routine] = add_delivery(database, priority="ROUTINE", created=T0 - dt.timedelta(hours=1))
+    _, [high] = add_delivery(database, priority="HIGH", created=T0)
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+    assert dispatcher.run_due(limit=1) == 1
+    assert delivery(database, high).state == DeliveryState.DELIVERED
+    assert delivery(database, routine).state == DeliveryState.PENDING
+
+
+def test_gives_up_after_max_attempts(database: Database, tmp_path: Path, clock: Clock,
+                                     fake: FakeDestination) -> None:
+    sid, [did] = add_delivery(database)
+    fake.down = True
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake, max_attempts=3)
+
+    for attempt in (1, 2):
+        assert dispatcher.run_due() == 1
+        assert delivery(database, did).state == DeliveryState.PENDING
+        assert delivery(database, did).attempts == attempt
+        clock.advance(3600)
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.state == DeliveryState.DEAD and d.attempts == 3
+    st = study(database, sid)
+    assert st.state == StudyState.FAILED
+    assert "pacs" in st.state_reason and "3 attempts" in st.state_reason and "down" in st.state_reason
+    assert [e.kind for e in events(database, sid)] == [EventKind.SEND_FAILED] * 3
+
+    fake.down = False
+    clock.advance(3600)
+    assert dispatcher.run_due() == 0                    # dead is dead
+    assert fake.sent == []
+
+
+def test_dead_delivery_of_superseded_result_does_not_fail_the_study(
+        database: Database, tmp_path: Path, clock: Clock, fake: FakeDestination) -> None:
+    sid, [did] = add_delivery(database, superseded=True, study_state=StudyState.SCORING)
+    fake.down = True
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake, max_attempts=1)
+    assert dispatcher.run_due() == 1
+    assert delivery(database, did).state == DeliveryState.DEAD
+    st = study(database, sid)
+    assert st.state == StudyState.SCORING and st.state_reason is None
+
+
+def test_unconfigured_destination_is_a_failed_attempt(database: Database, tmp_path: Path,
+                                                      clock: Clock, fake: FakeDestination) -> None:
+    sid, [did] = add_delivery(database, destinations=("gone",))
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake)
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.state == DeliveryState.PENDING and d.attempts == 1
+    assert "no longer configured" in d.last_error
+    [ev] = events(database, sid)
+    assert ev.kind == EventKind.SEND_FAILED and "gone" in ev.detail
+    assert fake.sent == []
+
+
+class ExplodingDestination:
+    """A destination that fails with something other than SendError (a bug in a driver, say)."""
+
+    name = "pacs"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send(self, path: Path) -> None:
+        self.calls += 1
+        raise RuntimeError("unexpected failure inside the destination")
+
+
+def test_unexpected_destination_error_is_a_failed_attempt(database: Database, tmp_path: Path,
+                                                         clock: Clock) -> None:
+    """No delivery may stay in 'sending' (never retried until a restart) after an exception."""
+    sid, [did] = add_delivery(database)
+    dest = ExplodingDestination()
+    cfg = DispatchConfig(backoff_initial_s=5, backoff_max_s=60, max_attempts=5)
+    dispatcher = Dispatcher(database, {"pacs": dest}, cfg, tmp_path, clock=clock)
+    try:
+        dispatcher.run_due()
+    except RuntimeError:
+        pass
+    d = delivery(database, did)
+    assert d.state == DeliveryState.PENDING, d.state
+    assert d.attempts == 1
+    assert d.next_attempt_at == T0 + dt.timedelta(seconds=5)
+    assert [e.kind for e in events(database, sid)] == [EventKind.SEND_FAILED]
