@@ -329,8 +329,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path,
 
 def test_absolute_paths_and_other_urls_are_kept(tmp_path: Path) -> None:
     abs_store = tmp_path / "abs"
-    path = write(tmp_path / "", {"storage": {"path": str(abs_store)},
-                                 "database": {"url": f"sqlite:///{tmp_path}/x.db"}}, "a.yaml")
+    path = write(tmp_path, {"storage": {"path": str(abs_store)},
+                            "database": {"url": f"sqlite:///{tmp_path}/x.db"}}, "a.yaml")
     config = load_config(path, environ={})
     assert config.storage.path == abs_store
     assert config.database.url == f"sqlite:///{tmp_path}/x.db"
