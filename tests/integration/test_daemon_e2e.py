@@ -190,6 +190,17 @@ def test_late_instance_reopens_and_supersedes(make_daemon, pacs, tmp_path):
     assert len({sr.SOPInstanceUID for sr in srs}) == 2
     assert daemon.stop(signal.SIGINT) == 0
 
+    # `radtriage status` reads the same database
+    import io
+
+    from daemon.cli import main
+
+    out = io.StringIO()
+    assert main(["status", "--config", str(daemon.config_path)], out=out) == 0
+    text = out.getvalue()
+    assert "studies: delivered 1" in text and "deliveries: delivered 2" in text
+    assert srs[0].StudyInstanceUID in text
+
 
 def test_access_and_sop_class_are_enforced_at_association(make_daemon, tmp_path):
     daemon = make_daemon(node={"allowed_calling_aes": ["PACS"]}).start()
