@@ -21,10 +21,10 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Priority = Literal["HIGH", "ELEVATED", "ROUTINE"]
 #: Priorities from most to least urgent; a policy may never rank a lower probability higher.
@@ -56,13 +56,17 @@ def _check_ae_title(value: str) -> str:
     return value.strip()
 
 
+#: An AE title, validated where it appears so an error names the offending item.
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
 class NodeConfig(_Section):
     """The DICOM node radtriage presents to the PACS (the Storage SCP)."""
 
-    ae_title: str = Field("RADTRIAGE", description="Our AE title; the PACS must call us by it.")
+    ae_title: AETitle = Field("RADTRIAGE", description="Our AE title; the PACS must call us by it.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(11112, ge=1, le=65535, description="TCP port to listen on.")
-    allowed_calling_aes: list[str] = Field(
+    allowed_calling_aes: list[AETitle] = Field(
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any (warned at start-up).",
     )
@@ -74,12 +78,6 @@ class NodeConfig(_Section):
     dimse_timeout_s: float = Field(60, gt=0, description="Timeout waiting for a DIMSE message.")
     network_timeout_s: float = Field(120, gt=0, description="Idle association timeout.")
 
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
-
-    @field_validator("allowed_calling_aes")
-    @classmethod
-    def _aes(cls, value: list[str]) -> list[str]:
-        return [_check_ae_title(v) for v in value]
 
 
 class StorageConfig(_Section):
@@ -156,9 +154,10 @@ class PriorityConfig(_Section):
             PRIORITY_ORDER.index(self.default)
         ]
         if any(b < a for a, b in zip(levels, levels[1:])):
+            shown = ", ".join(f"{r.min_probability}->{r.priority}" for r in ranked)
             raise ValueError(
-                "a higher min_probability must never give a lower priority "
-                "(HIGH > ELEVATED > ROUTINE, default the lowest)"
+                f"rules ({shown}, default {self.default}): a higher min_probability must never "
+                "give a lower priority (HIGH > ELEVATED > ROUTINE, default the lowest)"
             )
         probs = [r.min_probability for r in ranked]
         if len(set(probs)) != len(probs):
@@ -168,11 +167,9 @@ class PriorityConfig(_Section):
 
 class Destination(_Section):
     name: str = Field(description="Unique name, used in logs and the delivery queue.")
-    ae_title: str
+    ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
-
-    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
     @field_validator("name")
     @classmethod
@@ -190,9 +187,7 @@ class DispatchConfig(_Section):
         100, ge=1, description="After this many failed attempts a delivery is dead (kept, shown)."
     )
     timeout_s: float = Field(30, gt=0, description="Network timeout of one send.")
-    calling_ae_title: str = Field("RADTRIAGE", description="Our AE title when we send.")
-
-    _ae = field_validator("calling_ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+    calling_ae_title: AETitle = Field("RADTRIAGE", description="Our AE title when we send.")
 
     @model_validator(mode="after")
     def _backoff(self) -> "DispatchConfig":
@@ -279,9 +274,13 @@ def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[s
     return sorted(current.model_fields) if current is not None else []
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
+def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str]) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
+    for dotted, var in env_keys.items():
+        if key == dotted or key.startswith(dotted + "."):
+            key = f"{key} (from {var})"
+            break
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(Config, loc)
@@ -293,6 +292,17 @@ def _format_error(err: Mapping[str, Any]) -> str:
         msg = msg[len("Value error, "):]
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     return f"{key} = {shown}: {msg}"
+
+
+def _env_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """Map dotted keys (``database.url``) to the override variable that set them."""
+    out = {}
+    for name in environ:
+        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_PATH:
+            keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+            if keys:
+                out[".".join(keys)] = name
+    return out
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -325,11 +335,13 @@ def parse_config(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [f"(top level) = {type(data).__name__}: must be a mapping of sections"])
-    data = apply_env(data, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    data = apply_env(data, env)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from exc
+        env_keys = _env_keys(env)
+        raise ConfigError(source, [_format_error(e, env_keys) for e in exc.errors()]) from exc
     return config.resolved(base or Path.cwd())
 
 
@@ -343,6 +355,8 @@ def load_config(path: Path | str | None = None, *, environ: Mapping[str, str] | 
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

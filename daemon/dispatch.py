@@ -76,6 +76,9 @@ class Dispatcher:
                 dest.send(self.root / relpath)
             except SendError as exc:
                 error = str(exc)
+            except Exception as exc:  # a destination's bug is a failed attempt, retried like any
+                slog.exception("unexpected error sending to %s", dest_name)
+                error = f"{type(exc).__name__}: {exc}"
         now = self.clock()
         with self.db.session() as s:
             d = s.get(Delivery, delivery_id, with_for_update=True)

@@ -24,8 +24,8 @@ OUTPUTS_DIR = "outputs"
 
 def check_uid(value: object, what: str) -> str:
     """Return ``value`` as a UID string, or raise InvalidInstance (it becomes a path component)."""
-    text = str(value or "").strip().rstrip("\x00")
-    if not text or len(text) > 64 or not _UID.match(text):
+    text = str(value or "").strip(" \x00")
+    if not text or len(text) > 64 or not _UID.fullmatch(text):
         raise InvalidInstance(f"{what} {text[:80]!r} is not a valid UID")
     return text
 

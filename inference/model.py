@@ -101,7 +101,10 @@ def load_checkpoint(path: Path | str, *, allow_untrained: bool = False) -> tuple
             f"{path}: the card of {card.name} {card.version} says it was never trained; "
             "set model.allow_untrained: true only to test the plumbing"
         )
-    model = build_model(blob.get("arch", card.arch))
+    try:
+        model = build_model(blob.get("arch", card.arch))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     try:
         model.load_state_dict(blob["state_dict"], strict=True)
     except (KeyError, RuntimeError) as exc:

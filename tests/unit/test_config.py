@@ -281,12 +281,12 @@ def test_env_config_path_is_not_a_key() -> None:
 
 def test_bad_env_value_is_reported() -> None:
     [line] = problems_of({}, environ={"RADTRIAGE_NODE__PORT": "notaport"})
-    assert line.startswith("node.port = 'notaport': ")
+    assert line.startswith("node.port (from RADTRIAGE_NODE__PORT) = 'notaport': ")
 
 
 def test_unknown_env_key_is_reported() -> None:
     [line] = problems_of({}, environ={"RADTRIAGE_NODE__PROT": "11113"})
-    assert line.startswith("node.prot: unknown key")
+    assert line.startswith("node.prot (from RADTRIAGE_NODE__PROT): unknown key")
     assert "did you mean 'port'?" in line
 
 
@@ -401,7 +401,7 @@ def test_check_config_bad_env_value(tmp_path: Path, clean_env: None,
     monkeypatch.setenv("RADTRIAGE_NODE__PORT", "99999")
     code, _, err = run_cli("check-config", str(path))
     assert code == 2
-    assert "node.port = 99999" in err
+    assert "node.port (from RADTRIAGE_NODE__PORT) = 99999" in err
 
 
 def test_check_config_missing_file(tmp_path: Path, clean_env: None) -> None:
