@@ -257,3 +257,39 @@ def test_startup_fails_clearly_without_a_model(tmp_path):
     err = io.StringIO()
     assert main(["serve", "--config", str(cfg)], err=err) == 1
     assert "model.checkpoint" in err.getvalue() and "missing.pt" in err.getvalue()
+
+
+def test_compressed_transfer_syntaxes_are_received_as_sent_and_scored(make_daemon, tmp_path):
+    """JPEG 2000 lossless and RLE: negotiated, stored byte for byte, decoded for scoring."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    files = write_study(tmp_path / "study", views=2, rows=128, columns=128)
+    for path, syntax in zip(files, (JPEG2000Lossless, RLELossless)):
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        ds.save_as(path, enforce_file_format=True)
+    daemon = make_daemon().start()
+    # storescu proposes a file's own compressed transfer syntax when told which one
+    storescu(daemon.port, files[:1], extra=["--propose-j2k-lossless"])
+    storescu(daemon.port, files[1:], extra=["--propose-rle"])
+    db = Database(daemon.db_url)
+    try:
+        def scored():
+            with db.session() as s:
+                return s.scalar(select(StudyResult))
+
+        result = wait_for(scored, 90, "the study to be scored")
+        with db.session() as s:
+            stored = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
+            scores = s.scalars(select(ImageScore).where(ImageScore.result_id == result.id)).all()
+        assert [sc.error for sc in scores] == [None, None]
+        assert result.analysed
+        for f, syntax in zip(files, (JPEG2000Lossless, RLELossless)):
+            sent = pydicom.dcmread(f)
+            inst = stored[sent.SOPInstanceUID]
+            kept = pydicom.dcmread(daemon.workdir / "storage" / inst.path)
+            assert inst.transfer_syntax_uid == syntax == kept.file_meta.TransferSyntaxUID
+            assert kept.PixelData == sent.PixelData  # the compressed bytes, as sent
+    finally:
+        db.dispose()
+    assert daemon.stop() == 0
