@@ -287,16 +287,12 @@ class Receiver:
         relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         dest = self.root / relpath
         slog = study_logger(log, header.study_uid)
-        with self.db.session() as s:
-            existing = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
-            if existing is not None and existing.size_bytes == size and dest.is_file() \
-                    and _same_content(dest, tmp):
-                s.add(Event(at=self.clock(), study_id=existing.study_id, kind=EventKind.DUPLICATE,
-                            detail=f"instance {header.sop_uid} re-sent by {calling}, identical"))
-                discard(tmp)
-                slog.info("instance %s re-sent by %s, identical: kept the stored copy",
-                          header.sop_uid, calling)
-                return int(Status.SUCCESS)
+        existed = dest.is_file()
+        if existed and self._identical_copy(header, dest, tmp, size, calling):
+            discard(tmp)
+            slog.info("instance %s re-sent by %s, identical: kept the stored copy",
+                      header.sop_uid, calling)
+            return int(Status.SUCCESS)
         assoc_id = self._association_id(event.assoc)
         commit_temp(self.root, tmp, relpath)
         try:
@@ -305,14 +301,23 @@ class Receiver:
             # another association inserted the same study or instance in the meantime: retry once
             self._record(header, relpath, size, event, calling, assoc_id)
         except BaseException:
-            # the file is on disk but not in the database: remove it unless an older row points to it
-            with self.db.session() as s:
-                known = s.scalar(select(Instance.id).where(Instance.sop_instance_uid == header.sop_uid))
-            if known is None:
+            # answered with a failure: leave no file the database does not know of
+            if not existed:
                 discard(dest)
             raise
         slog.debug("stored %s (%d bytes) from %s", header.sop_uid, size, calling)
         return int(Status.SUCCESS)
+
+    def _identical_copy(self, header: ReceivedHeader, dest: Path, tmp: Path, size: int,
+                        calling: str) -> bool:
+        """A re-sent instance already stored byte for byte: record it, change nothing else."""
+        with self.db.session() as s:
+            existing = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+            if existing is None or existing.size_bytes != size or not _same_content(dest, tmp):
+                return False
+            s.add(Event(at=self.clock(), study_id=existing.study_id, kind=EventKind.DUPLICATE,
+                        detail=f"instance {header.sop_uid} re-sent by {calling}, identical"))
+        return True
 
     def _record(self, header: ReceivedHeader, relpath: str, size: int, event: evt.Event,
                 calling: str, assoc_id: int) -> None:
