@@ -293,3 +293,31 @@ def test_compressed_transfer_syntaxes_are_received_as_sent_and_scored(make_daemo
     finally:
         db.dispose()
     assert daemon.stop() == 0
+
+
+def test_restart_after_sigkill_reevaluates_completion_from_the_database(make_daemon, pacs, tmp_path):
+    """Killed before the study completed: the restarted daemon completes, scores and sends it."""
+    files = write_study(tmp_path / "study", views=2, rows=128, columns=128)
+    daemon = make_daemon(
+        completion={"release_grace_s": 600, "stable_s": 6},
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+    ).start()
+    storescu(daemon.port, files)
+    daemon.kill()  # SIGKILL: no clean shutdown
+    db = Database(daemon.db_url)
+    try:
+        with db.session() as s:
+            assert s.scalar(select(Study)).state == StudyState.RECEIVING
+            assert s.scalar(select(func.count()).select_from(Instance)) == 2
+        daemon.start()
+        wait_for(lambda: pacs.files(), 90, "the SR after the restart")
+        with db.session() as s:
+            study = s.scalar(select(Study))
+            assert [len(r.scores) for r in study.results] == [2]
+            kinds = [e.kind for e in s.scalars(select(Event).order_by(Event.id))]
+            assert kinds.count(EventKind.COMPLETED) == 1 and "complete (stable)" in [
+                e.detail.split(",")[0] for e in s.scalars(select(Event).where(Event.kind == EventKind.COMPLETED))]
+    finally:
+        db.dispose()
+    assert len(pacs.files()) == 1
+    assert daemon.stop() == 0
