@@ -80,6 +80,10 @@ class StoreSCP:
         wait_for(lambda: echo(self.port, self.ae_title), 10, "storescp to listen")
         return self
 
+    def as_destination(self) -> list[dict]:
+        """radtriage's ``destinations`` config pointing at this storescp."""
+        return [{"name": "pacs", "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port}]
+
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())
 

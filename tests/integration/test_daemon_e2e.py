@@ -63,7 +63,7 @@ def test_three_view_study_gets_a_valid_sr_at_the_pacs(database, make_daemon, pac
     files = write_study(tmp_path / "study", views=3, rows=512, columns=512)
     sources = [pydicom.dcmread(f) for f in files]
     daemon = make_daemon(
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        destinations=pacs.as_destination(),
         **overrides,
     ).start()
 
@@ -157,7 +157,7 @@ def test_destination_down_at_first_gets_the_sr_exactly_once(make_daemon, tmp_pat
 def test_late_instance_reopens_and_supersedes(make_daemon, pacs, tmp_path):
     files = write_study(tmp_path / "study", views=3, rows=256, columns=256)
     daemon = make_daemon(
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        destinations=pacs.as_destination(),
     ).start()
     storescu(daemon.port, files[:2])
     wait_for(lambda: len(pacs.files()) == 1, 90, "the first SR")
@@ -300,7 +300,7 @@ def test_restart_after_sigkill_reevaluates_completion_from_the_database(make_dae
     files = write_study(tmp_path / "study", views=2, rows=128, columns=128)
     daemon = make_daemon(
         completion={"release_grace_s": 600, "stable_s": 6},
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        destinations=pacs.as_destination(),
     ).start()
     storescu(daemon.port, files)
     daemon.kill()  # SIGKILL: no clean shutdown

@@ -14,20 +14,8 @@ import yaml
 from daemon.cli import main
 from daemon.config import PriorityConfig
 from inference.policy import priority_for
+from tests.conftest import write_study
 
-
-
-def write_study(folder: Path, **spec_kwargs) -> list[Path]:  # type: ignore[no-untyped-def]
-    """As tests/conftest.py's helper: a synthetic study as files view1.dcm, view2.dcm, ..."""
-    from dicom_io.synthetic import StudySpec, make_study
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, ds in enumerate(make_study(StudySpec(**spec_kwargs))):
-        p = folder / f"view{i + 1}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
 
 
 @pytest.fixture(autouse=True)
