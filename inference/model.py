@@ -83,7 +83,10 @@ def load_checkpoint(path: Path | str, *, allow_untrained: bool = False) -> tuple
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(
+            f"{path}: no such checkpoint file; put a radtriage checkpoint there or point "
+            "model.checkpoint at one (README, 'Models')"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a bad file
