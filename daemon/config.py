@@ -77,6 +77,10 @@ class NodeConfig(_Section):
     acse_timeout_s: float = Field(30, gt=0, description="Association negotiation timeout.")
     dimse_timeout_s: float = Field(60, gt=0, description="Timeout waiting for a DIMSE message.")
     network_timeout_s: float = Field(120, gt=0, description="Idle association timeout.")
+    shutdown_grace_s: float = Field(
+        30, ge=0, le=3600,
+        description="On SIGTERM/SIGINT, how long open associations may take to finish.",
+    )
 
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 import uuid
 from io import BytesIO
 from dataclasses import dataclass
@@ -183,11 +184,23 @@ class Receiver:
         return int(self._server.server_address[1])
 
     def stop(self) -> None:
-        """Stop accepting; in-flight C-STOREs finish before the server closes."""
+        """Stop accepting, let open associations finish (up to ``node.shutdown_grace_s``), close."""
         if self._server is not None:
-            self._server.shutdown()
+            self._server.shutdown()  # closes the listening socket; open associations go on
             self._server = None
+        deadline = time.monotonic() + self.config.node.shutdown_grace_s
+        while self._established() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = len(self._established())
+        if left:
+            log.warning("aborting %d association(s) still open after node.shutdown_grace_s "
+                        "(%s s); their senders get no Success for what was not stored",
+                        left, self.config.node.shutdown_grace_s)
         self.ae.shutdown()
+
+    def _established(self) -> list[NetAssociation]:
+        """Associations transferring data; a connection still negotiating is not waited for."""
+        return [a for a in self.ae.active_associations if a.is_established]
 
     # -- associations ----------------------------------------------------------------------
 

@@ -155,18 +155,22 @@ class Service:
         log.info("stopped")
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop cleanly; a repeated signal is logged, not fatal."""
         done = threading.Event()
 
         def _signal(signum: int, _frame: object) -> None:
-            log.info("received %s", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if done.is_set():
+                log.warning("received %s again: still finishing in-flight work", name)
+            else:
+                log.info("received %s", name)
             done.set()
 
         previous = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             while not done.wait(1.0):
                 pass
+            self.stop()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-            self.stop()

@@ -321,3 +321,35 @@ def test_restart_after_sigkill_reevaluates_completion_from_the_database(make_dae
         db.dispose()
     assert len(pacs.files()) == 1
     assert daemon.stop() == 0
+
+
+def test_sigterm_lets_the_open_association_finish(make_daemon, tmp_path):
+    """SIGTERM mid-transfer: no new associations, but the open one completes and is stored."""
+    files = write_study(tmp_path / "study", views=24, rows=2048, columns=2048)  # ~200 MB
+    daemon = make_daemon(completion={"release_grace_s": 600}).start()  # nothing scored meanwhile
+    cmd = [need("storescu"), "-aec", "RADTRIAGE", "-aet", "STORESCU", "127.0.0.1", str(daemon.port),
+           *map(str, files)]
+    sender = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = Database(daemon.db_url)
+    try:
+        def some_stored() -> bool:
+            with db.session() as s:
+                return (s.scalar(select(func.count()).select_from(Instance)) or 0) >= 1
+
+        wait_for(some_stored, 60, "the first instance to be stored")
+        daemon.proc.send_signal(signal.SIGTERM)
+        out, _ = sender.communicate(timeout=120)
+        assert sender.returncode == 0, out
+        assert daemon.proc.wait(60) == 0, daemon.output()
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Instance)) == 24
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        db.dispose()
+    assert len(list((daemon.workdir / "storage").glob("*/*/*.dcm"))) == 24
+    log_lines = daemon.log_path.read_text().splitlines()
+    signalled = next(i for i, line in enumerate(log_lines) if "received SIGTERM" in line)
+    stored_after = [line for line in log_lines[signalled:] if " stored " in line]
+    assert stored_after, "SIGTERM came after the transfer: the test proved nothing"
