@@ -19,6 +19,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
@@ -155,7 +156,14 @@ class StudyScorer:
             reason=reason,
         )
         sr_uid, sr_series = generate_uid(), generate_uid()
-        sources = [dcmread(path, stop_before_pixels=True) for _, _, path in rows if path.is_file()]
+        sources = []
+        for _, sop_uid, path in rows:
+            try:
+                sources.append(dcmread(path, stop_before_pixels=True))
+            except (OSError, InvalidDicomError, ValueError) as exc:
+                slog.warning("instance %s cannot be referenced in the SR: %s", sop_uid, exc)
+        if not sources:
+            raise DicomIOError("no stored instance of the study can be read")
         sr = build_triage_sr(
             report, sources,
             series_instance_uid=sr_series, sop_instance_uid=sr_uid,

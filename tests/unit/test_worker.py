@@ -1,0 +1,124 @@
+"""daemon.worker: scoring a complete study into a result, an SR on disk and deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from daemon.config import parse_config
+from daemon.worker import StudyScorer, recover
+from db import Delivery, DeliveryState, Instance, Study, StudyResult, StudyState
+from dicom_io.storage import instance_relpath
+from inference.model import ModelCard
+from tests.conftest import write_study
+
+NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
+
+
+@dataclass
+class FixedScorer:
+    """A stand-in model: every prepared view gets ``probability``; records what it saw."""
+
+    probability: float
+    card: ModelCard = ModelCard(name="fixed-test", version="9.9", trained=False)
+
+    def __post_init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, views):  # type: ignore[no-untyped-def]
+        self.calls.append(len(views))
+        return [self.probability] * len(views)
+
+
+def _setup(tmp_path: Path, database, views: int = 2):  # type: ignore[no-untyped-def]
+    config = parse_config({
+        "storage": {"path": str(tmp_path / "storage")},
+        "database": {"url": "sqlite://"},  # unused: the fixture's database is passed in
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+    }, base=tmp_path, environ={})
+    files = write_study(tmp_path / "in", views=views, rows=64, columns=64)
+    with database.session() as s:
+        first = pydicom.dcmread(files[0])
+        study = Study(study_instance_uid=first.StudyInstanceUID, state=StudyState.COMPLETE,
+                      first_received_at=NOW, last_received_at=NOW, completed_at=NOW, revision=1)
+        s.add(study)
+        s.flush()
+        for f in files:
+            ds = pydicom.dcmread(f)
+            rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            (tmp_path / "storage" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, tmp_path / "storage" / rel)
+            s.add(Instance(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID,
+                           sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                           transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=rel,
+                           size_bytes=f.stat().st_size, received_at=NOW))
+    return config, files
+
+
+def test_a_corrupt_view_is_reported_and_the_rest_scored(tmp_path, database):
+    config, files = _setup(tmp_path, database)
+    with database.session() as s:
+        broken = s.scalars(select(Instance).order_by(Instance.id)).all()[1]
+        (tmp_path / "storage" / broken.path).write_bytes(b"not DICOM at all")
+    scorer = FixedScorer(0.9)
+    worker = StudyScorer(config, database, scorer, clock=lambda: NOW)
+    study_id, revision = worker.claim_next()
+    result_id = worker.score_study(study_id, revision)
+    assert scorer.calls == [1]
+    with database.session() as s:
+        result = s.get(StudyResult, result_id)
+        assert result.probability == pytest.approx(0.9) and result.priority == "HIGH"
+        assert [sc.error is None for sc in result.scores] == [True, False]
+        assert "DICOM" in result.scores[1].error
+        sr = pydicom.dcmread(tmp_path / "storage" / result.sr_path)
+        refs = {r.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+        assert refs == {pydicom.dcmread(files[0]).SOPInstanceUID}
+        assert "UNTRAINED" in sr.ManufacturerModelName  # the model is named as untrained
+        [delivery] = s.scalars(select(Delivery)).all()
+        assert delivery.state == DeliveryState.PENDING and delivery.priority == "HIGH"
+        assert s.get(Study, study_id).state == StudyState.DISPATCHING
+
+
+def test_no_scorable_view_is_reported_not_analysed(tmp_path, database):
+    config, _ = _setup(tmp_path, database, views=1)
+    with database.session() as s:
+        only = s.scalar(select(Instance))
+        ds = pydicom.dcmread(tmp_path / "storage" / only.path)
+        ds.NumberOfFrames = 2  # multi-frame: refused by the pixel stage, still readable for the SR
+        ds.save_as(tmp_path / "storage" / only.path, enforce_file_format=True)
+    worker = StudyScorer(config, database, FixedScorer(0.9), clock=lambda: NOW)
+    result_id = worker.score_study(*worker.claim_next())
+    with database.session() as s:
+        result = s.get(StudyResult, result_id)
+        assert not result.analysed and result.probability is None and result.priority == "ROUTINE"
+        assert result.series_description.startswith("AI TRIAGE: NOT ANALYSED")
+        assert "multi-frame" in result.reason
+
+
+def test_a_study_reopened_while_scored_is_not_recorded(tmp_path, database):
+    config, _ = _setup(tmp_path, database)
+    worker = StudyScorer(config, database, FixedScorer(0.2), clock=lambda: NOW)
+    study_id, revision = worker.claim_next()
+    with database.session() as s:  # a late instance arrives: the receiver re-opens the study
+        study = s.get(Study, study_id)
+        study.state, study.revision = StudyState.RECEIVING, study.revision + 1
+    assert worker.score_study(study_id, revision) is None
+    with database.session() as s:
+        assert s.scalars(select(StudyResult)).all() == []
+    assert not list((tmp_path / "storage" / "outputs").rglob("*.dcm"))
+
+
+def test_recover_puts_interrupted_work_back(tmp_path, database):
+    _setup(tmp_path, database)
+    with database.session() as s:
+        s.scalar(select(Study)).state = StudyState.SCORING
+    recover(database, NOW)
+    with database.session() as s:
+        assert s.scalar(select(Study)).state == StudyState.COMPLETE
