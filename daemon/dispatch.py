@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from typing import Callable, Mapping
 
 from sqlalchemy import case, func, select
@@ -39,13 +40,16 @@ class Dispatcher:
         self.config = config
         self.root = storage_root
         self.clock = clock
+        self.stopping = threading.Event()
 
     def _claim(self) -> tuple[int, str, str, str] | None:
         now = self.clock()
         with self.db.session() as s:
             d = s.scalars(
                 select(Delivery)
-                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                .join(StudyResult, Delivery.result_id == StudyResult.id)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
+                       StudyResult.superseded.is_(False))
                 .order_by(_RANK, Delivery.created_at, Delivery.id)
                 .limit(1).with_for_update(skip_locked=True)
             ).first()
@@ -55,9 +59,12 @@ class Dispatcher:
             return d.id, d.destination, d.path, d.result.study.study_instance_uid
 
     def run_due(self, limit: int = 100) -> int:
-        """Send what is due now, one after another; return how many were attempted."""
+        """Send what is due now, one after another; return how many were attempted.
+
+        Stops early once :attr:`stopping` is set, so shutdown waits for one send at most.
+        """
         attempted = 0
-        while attempted < limit:
+        while attempted < limit and not self.stopping.is_set():
             claimed = self._claim()
             if claimed is None:
                 break
@@ -97,9 +104,12 @@ class Dispatcher:
             d.last_error = error[:2000]
             s.add(Event(at=now, study_id=study.id, kind=EventKind.SEND_FAILED,
                         detail=f"{d.object_kind} to {dest_name}, attempt {d.attempts}: {error}"[:2000]))
-            if d.attempts >= self.config.max_attempts:
+            if d.result.superseded:
+                d.state = DeliveryState.SUPERSEDED  # a newer result replaced it meanwhile
+            elif d.attempts >= self.config.max_attempts:
                 d.state = DeliveryState.DEAD
-                if not d.result.superseded:
+                # only the delivery of the study's current revision may fail the study
+                if study.state == StudyState.DISPATCHING and d.result.study_revision == study.revision:
                     study.state = StudyState.FAILED
                     study.state_reason = f"delivery to {dest_name} gave up after {d.attempts} attempts: {error}"
                 slog.error("giving up on %s to %s after %d attempts: %s", d.object_kind, dest_name,
@@ -118,6 +128,7 @@ class Dispatcher:
         outstanding = s.scalar(select(func.count()).select_from(Delivery).where(
             Delivery.result_id == result.id, Delivery.state != DeliveryState.DELIVERED))
         study: Study = result.study
-        if outstanding == 0 and study.state == StudyState.DISPATCHING:
+        if outstanding == 0 and study.state == StudyState.DISPATCHING \
+                and result.study_revision == study.revision:
             study.state = StudyState.DELIVERED
             study.delivered_at = now

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, MutableMapping
 
@@ -55,6 +56,11 @@ def setup_logging(level: str = "INFO", *, phi: bool = False, file: Path | None =
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" and phi else logging.WARNING)
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = phi
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = phi
+    if not phi:
+        # pydicom reports invalid values with the value itself (a birth date, a name): keep
+        # those messages out of the logs and out of stderr unless patient data is allowed
+        logging.getLogger("pydicom").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     # alembic and highdicom narrate every step at INFO; apscheduler warns whenever a tick is
     # skipped because the previous one still runs, which is normal here
     for noisy, lvl in (("alembic", logging.WARNING), ("highdicom", logging.WARNING),

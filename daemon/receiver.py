@@ -309,10 +309,11 @@ class Receiver:
         assoc_id = self._association_id(event.assoc)
         commit_temp(self.root, tmp, relpath)
         try:
-            self._record(header, relpath, size, event, calling, assoc_id)
-        except IntegrityError:
-            # another association inserted the same study or instance in the meantime: retry once
-            self._record(header, relpath, size, event, calling, assoc_id)
+            try:
+                self._record(header, relpath, size, event, calling, assoc_id)
+            except IntegrityError:
+                # another association inserted the same study or instance meanwhile: once more
+                self._record(header, relpath, size, event, calling, assoc_id)
         except BaseException:
             # answered with a failure: leave no file the database does not know of
             if not existed:

@@ -145,6 +145,8 @@ class Service:
         log.info("stopping: finishing in-flight work")
         if self.receiver is not None:
             self.receiver.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stopping.set()
         if self.worker is not None:
             self.worker.stop()
             self.worker.join()

@@ -88,6 +88,10 @@ def score_views(scorer: ViewScorer, paths: Sequence[tuple[int, str, Path]],
             outcomes[i] = ViewOutcome(instance_id, sop_uid, None, str(exc))
         except OSError as exc:
             outcomes[i] = ViewOutcome(instance_id, sop_uid, None, f"cannot read the stored file: {exc.strerror}")
+        except Exception as exc:  # malformed attributes surface as TypeError, cv2.error, ...
+            log.warning("view %s could not be prepared", sop_uid, exc_info=True)
+            outcomes[i] = ViewOutcome(instance_id, sop_uid, None,
+                                      f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
     try:
         probabilities: list[float | None] = list(scorer.score(prepared)) if prepared else []
         error = None

@@ -24,12 +24,25 @@ def utcnow() -> dt.datetime:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see _sqlite_begin)
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")  # durability first: a commit is on disk
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+    """Take SQLite's write lock when a transaction begins, not at its first write.
+
+    The sqlite3 module otherwise starts a transaction only at the first INSERT/UPDATE and
+    SQLite ignores SELECT ... FOR UPDATE, so a read-check-write (is the study still being
+    scored? is this delivery still pending?) could interleave with another thread's. With
+    BEGIN IMMEDIATE every transaction is serialised, as the row locks do on PostgreSQL.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -54,6 +67,7 @@ class Database:
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

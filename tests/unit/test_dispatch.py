@@ -20,6 +20,7 @@ from db import (
     StudyState,
 )
 from dicom_io.destinations import FakeDestination
+from dicom_io.errors import SendError
 
 T0 = dt.datetime(2026, 5, 6, 8, 0, 0, tzinfo=dt.timezone.utc)
 
@@ -252,15 +253,36 @@ def test_gives_up_after_max_attempts(database: Database, tmp_path: Path, clock: 
     assert fake.sent == []
 
 
-def test_dead_delivery_of_superseded_result_does_not_fail_the_study(
+def test_delivery_of_superseded_result_is_never_sent(
         database: Database, tmp_path: Path, clock: Clock, fake: FakeDestination) -> None:
+    """A newer result replaced this one: its SR must not reach the PACS after the new one."""
     sid, [did] = add_delivery(database, superseded=True, study_state=StudyState.SCORING)
-    fake.down = True
     dispatcher = make_dispatcher(database, tmp_path, clock, fake, max_attempts=1)
-    assert dispatcher.run_due() == 1
-    assert delivery(database, did).state == DeliveryState.DEAD
+    assert dispatcher.run_due() == 0
+    assert fake.sent == []
     st = study(database, sid)
     assert st.state == StudyState.SCORING and st.state_reason is None
+
+
+def test_failed_send_of_a_result_superseded_meanwhile_is_not_retried(
+        database: Database, tmp_path: Path, clock: Clock, fake: FakeDestination) -> None:
+    """The worker supersedes a result while its SR is being sent and the send fails."""
+    sid, [did] = add_delivery(database)
+
+    class SupersedingDown:
+        name = "pacs"
+
+        def send(self, path: Path) -> None:
+            with database.session() as s:
+                s.get(Delivery, did).result.superseded = True
+            raise SendError("pacs: down")
+
+    dispatcher = Dispatcher(database, {"pacs": SupersedingDown()},
+                            DispatchConfig(max_attempts=5), tmp_path, clock=clock)
+    assert dispatcher.run_due() == 1
+    d = delivery(database, did)
+    assert d.state == DeliveryState.SUPERSEDED and d.attempts == 1
+    assert study(database, sid).state != StudyState.FAILED
 
 
 def test_unconfigured_destination_is_a_failed_attempt(database: Database, tmp_path: Path,
@@ -305,3 +327,17 @@ def test_unexpected_destination_error_is_a_failed_attempt(database: Database, tm
     assert d.attempts == 1
     assert d.next_attempt_at == T0 + dt.timedelta(seconds=5)
     assert [e.kind for e in events(database, sid)] == [EventKind.SEND_FAILED]
+
+
+def test_dead_delivery_of_an_old_revision_does_not_fail_the_reopened_study(
+        database: Database, tmp_path: Path, clock: Clock, fake: FakeDestination) -> None:
+    """A late instance re-opened the study (revision 2) while revision 1's SR was retrying."""
+    sid, [did] = add_delivery(database, study_state=StudyState.COMPLETE)
+    with database.session() as s:
+        s.get(Study, sid).revision = 2
+    fake.down = True
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake, max_attempts=1)
+    assert dispatcher.run_due() == 1
+    assert delivery(database, did).state == DeliveryState.DEAD
+    st = study(database, sid)
+    assert st.state == StudyState.COMPLETE and st.state_reason is None  # revision 2 still gets scored

@@ -122,3 +122,23 @@ def test_recover_puts_interrupted_work_back(tmp_path, database):
     recover(database, NOW)
     with database.session() as s:
         assert s.scalar(select(Study)).state == StudyState.COMPLETE
+
+
+def test_a_view_with_malformed_attributes_is_an_error_not_a_failed_study(tmp_path, database):
+    """WindowCenter '40,5' (a comma decimal, seen in real files) breaks the VOI LUT."""
+    config, _ = _setup(tmp_path, database)
+    with database.session() as s:
+        second = s.scalars(select(Instance).order_by(Instance.id)).all()[1]
+        path = tmp_path / "storage" / second.path
+        raw = path.read_bytes()
+        ds = pydicom.dcmread(path)
+        old = str(ds.WindowCenter).encode()
+        path.write_bytes(raw.replace(b"\x28\x00\x50\x10DS" + len(old).to_bytes(2, "little") + old,
+                                     b"\x28\x00\x50\x10DS\x04\x0040,5", 1))
+    worker = StudyScorer(config, database, FixedScorer(0.3), clock=lambda: NOW)
+    result_id = worker.score_study(*worker.claim_next())
+    with database.session() as s:
+        result = s.get(StudyResult, result_id)
+        assert result.analysed and result.probability == pytest.approx(0.3)
+        errors = [sc.error for sc in result.scores]
+        assert errors[0] is None and errors[1] is not None
