@@ -298,14 +298,15 @@ def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str]) -> str:
     return f"{key} = {shown}: {msg}"
 
 
-def _env_keys(environ: Mapping[str, str]) -> dict[str, str]:
-    """Map dotted keys (``database.url``) to the override variable that set them."""
-    out = {}
-    for name in environ:
-        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_PATH:
-            keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
-            if keys:
-                out[".".join(keys)] = name
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, list[str], str]]:
+    """The ``RADTRIAGE_SECTION__KEY`` variables as (variable, lower-cased key path, raw value)."""
+    out = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if keys:
+            out.append((name, keys, raw))
     return out
 
 
@@ -315,12 +316,7 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     Keys are lower-cased; values are parsed as YAML scalars. The caller's dict is not changed.
     """
     out = dict(data)
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
-            continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
-        if not keys:
-            continue
+    for _name, keys, raw in _env_overrides(environ):
         node = out
         for key in keys[:-1]:
             child = node.get(key)
@@ -344,7 +340,7 @@ def parse_config(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        env_keys = _env_keys(env)
+        env_keys = {".".join(keys): name for name, keys, _ in _env_overrides(env)}
         raise ConfigError(source, [_format_error(e, env_keys) for e in exc.errors()]) from exc
     return config.resolved(base or Path.cwd())
 
