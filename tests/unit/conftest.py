@@ -17,3 +17,29 @@ def database(db_url: str) -> Iterator["Database"]:  # type: ignore[name-defined]
         yield db
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what daemon.logs.setup_logging changes: root handlers and level, library levels,
+    pynetdicom's identifier switches and the warning filters."""
+    import logging
+    import warnings
+
+    from pynetdicom import _config as pynetdicom_config
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    names = ("pydicom", "pynetdicom", "alembic", "highdicom", "apscheduler")
+    levels = {n: logging.getLogger(n).level for n in names}
+    identifiers = (pynetdicom_config.LOG_REQUEST_IDENTIFIERS, pynetdicom_config.LOG_RESPONSE_IDENTIFIERS)
+    with warnings.catch_warnings():
+        yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+    for n, lvl in levels.items():
+        logging.getLogger(n).setLevel(lvl)
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS, pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = identifiers

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -19,19 +18,12 @@ from tests.conftest import write_study
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def isolated(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[None]:
     """No RADTRIAGE_* variable leaks in; the logging set-up of ``score`` is undone afterwards."""
     for name in list(os.environ):
         if name.startswith("RADTRIAGE_"):
             monkeypatch.delenv(name)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
 
 
 def make_config(tmp_path: Path, checkpoint: Path, **model) -> Path:  # type: ignore[no-untyped-def]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 from pynetdicom import _config as pynetdicom_config
@@ -11,21 +10,7 @@ from pynetdicom import _config as pynetdicom_config
 from daemon.logs import setup_logging, study_logger
 
 
-@pytest.fixture(autouse=True)
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    levels = {n: logging.getLogger(n).level for n in ("pydicom", "pynetdicom")}
-    with warnings.catch_warnings():
-        yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-            h.close()
-    root.setLevel(level)
-    for n, lvl in levels.items():
-        logging.getLogger(n).setLevel(lvl)
-    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = True
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_records_carry_the_study_uid(tmp_path):
