@@ -1,94 +1,599 @@
-"""From a stored radiograph to the float32 tensor the model was trained on.
+"""From a stored radiograph to exactly the float32 tensor the model was trained on.
 
-Basic pipeline (a later step completes it): decode through pydicom's pixel handlers, Modality
-LUT, VOI LUT (the first window, else a robust percentile window), MONOCHROME1 inverted so bone
-is bright, 8 bit, resized to ``size`` x ``size`` (squashed, as the MURA models were trained),
-ImageNet normalisation to three channels.
+The path of one view (every step a pure function of arrays and attributes, except decoding)::
+
+    header checks        pixel data present, Rows x Columns x Bits agree with the data, photometric
+                         interpretation supported, at most ``max_pixels`` pixels
+    decode               pydicom's pixel handlers (pylibjpeg, openjpeg, libjpeg plugins); JPEG 2000
+                         and HTJ2K at a reduced resolution level where the codestream has one
+                         (OpenJPEG through Pillow), so a 2k x 2k view decodes as 512 x 512
+    stored values        Bits Stored, High Bit and Pixel Representation honoured
+    padding              Pixel Padding Value (and Range Limit) masked out of everything below
+    working resolution   area-downscaled so the shorter side is ``working_size`` (never upscaled)
+    Modality LUT         Rescale Slope/Intercept, or the Modality LUT Sequence (pydicom)
+    VOI LUT              the first window (VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID, the
+                         formulas of PS3.3 C.11.2.1.2), or the first VOI LUT Sequence item
+                         (pydicom), or, with neither, a robust percentile window over the
+                         non-padding pixels
+    Presentation         MONOCHROME1 or Presentation LUT Shape INVERSE: inverted, so bone is bright;
+                         padding black; 8 bit
+    colour               RGB / YBR / PALETTE COLOR secondary captures: to RGB, then grey (ITU-R 601)
+    crop (optional)      to the anatomy: uniform borders stripped, CLAHE, Canny edges, morphological
+                         close, the connected components that matter, their bounding box
+    CLAHE (optional)     contrast-limited adaptive histogram equalisation
+    resize               squashed to size x size (the MURA recipe) or aspect-preserving with padding
+    normalise            ImageNet mean/std, grey copied to three channels
+
+Two sets of options: :class:`Preprocessing` is what the model was trained with and travels in its
+card (size, resize, crop, CLAHE, mean/std); :class:`DecodeOptions` are run-time choices of this
+installation (working resolution, reduced decoding, multi-frame policy, the size limit).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import logging
+import math
+import struct
+import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom import uid
 
 from dicom_io.errors import InvalidInstance, PixelDecodeError, UnsupportedInstance
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+ResizeMode = Literal["squash", "letterbox"]
+MultiFrameMode = Literal["refuse", "frames"]
+
+GREY = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+J2K_SYNTAXES = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
+                          uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+#: The percentiles of the fallback window when a view carries no VOI (robust to outliers).
+PERCENTILE_WINDOW = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
+    """What a model was trained with; stored in its card and required of the daemon's config."""
+
     size: int = 224
-    mean: tuple[float, float, float] = tuple(IMAGENET_MEAN.tolist())  # type: ignore[assignment]
-    std: tuple[float, float, float] = tuple(IMAGENET_STD.tolist())  # type: ignore[assignment]
+    resize: ResizeMode = "squash"
+    crop: bool = True
+    clahe: bool = False
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_card(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
 
     @classmethod
-    def from_card(cls, card: dict) -> "Preprocessing":
-        """The preprocessing a model card records (missing keys: the MURA defaults)."""
-        default = cls()
-        return cls(size=int(card.get("size", default.size)),
-                   mean=tuple(card.get("mean", default.mean)),  # type: ignore[arg-type]
-                   std=tuple(card.get("std", default.std)))  # type: ignore[arg-type]
+    def from_card(cls, card: Mapping[str, Any]) -> "Preprocessing":
+        """The preprocessing a model card records; keys it lacks take the defaults (the MURA recipe).
+
+        Raises ValueError naming keys it does not know, so a card from a newer radtriage is not
+        silently served with the wrong preprocessing.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(card) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys in the model card: {', '.join(unknown)}")
+        values = dict(card)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+    def differences(self, other: "Preprocessing") -> list[str]:
+        """``key: ours vs theirs`` for every setting that differs (floats within 1e-6)."""
+        out = []
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            same = (np.allclose(a, b, rtol=0, atol=1e-6) if isinstance(a, (tuple, float)) else a == b)
+            if not same:
+                out.append(f"{f.name}: {_show(a)} vs {_show(b)}")
+        return out
 
 
-def read_dataset(path: Path) -> Dataset:
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Run-time choices that do not belong to the model."""
+
+    #: The shorter side at which a view is windowed and cropped (never upscaled); 0: full size.
+    working_size: int = 512
+    #: Decode JPEG 2000 / HTJ2K at the smallest resolution level still >= working_size.
+    reduced_decode: bool = True
+    #: A multi-frame instance: refused, or every frame prepared (and scored) on its own.
+    multiframe: MultiFrameMode = "refuse"
+    #: Rows x Columns x frames above this is refused before anything is decoded.
+    max_pixels: int = 50_000_000
+
+
+# -- reading and header checks ----------------------------------------------------------------
+
+
+def read_dataset(path: Path | str) -> Dataset:
     try:
         return pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, ValueError, KeyError) as exc:
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise InvalidInstance(f"not a readable DICOM file: {exc}") from exc
 
 
-def to_display(ds: Dataset) -> np.ndarray:
-    """Decode and apply the grayscale display pipeline; return uint8 HxW, bone bright."""
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise UnsupportedInstance("multi-frame images are not scored")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for missing/unsupported codecs
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(ts, "name", ts) or "unknown transfer syntax"
-        raise PixelDecodeError(f"cannot decode pixel data ({name}): {exc}") from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 3:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+def transfer_syntax_name(ds: Dataset) -> str:
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if not ts:
+        return "unknown transfer syntax"
+    name = getattr(ts, "name", "") or ""
+    return f"{name} ({ts})" if name and name != str(ts) else str(ts)
 
-            arr = convert_color_space(arr, photometric, "RGB")
-        grey = cv2.cvtColor(np.ascontiguousarray(arr).astype(np.uint8), cv2.COLOR_RGB2GRAY)
-        return grey
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        raise InvalidInstance(f"{keyword} is missing")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInstance(f"{keyword} {value!r} is not a number") from exc
+
+
+def number_of_frames(ds: Dataset) -> int:
+    n = ds.get("NumberOfFrames", 1)
+    try:
+        n = int(n or 1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInstance(f"NumberOfFrames {n!r} is not a number") from exc
+    if n < 1:
+        raise InvalidInstance(f"NumberOfFrames {n} is not positive")
+    return n
+
+
+def check_header(ds: Dataset, opts: DecodeOptions) -> None:
+    """Refuse, before decoding, what cannot or must not be decoded; the error says why."""
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        raise PixelDecodeError(
+            f"no pixel data ({other[0]} is not supported)" if other else "no pixel data (7FE0,0010)")
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if rows < 1 or cols < 1:
+        raise InvalidInstance(f"Rows x Columns {rows} x {cols} is empty")
+    samples = _int(ds, "SamplesPerPixel", 1)
+    allocated, stored = _int(ds, "BitsAllocated"), _int(ds, "BitsStored", ds.get("BitsAllocated"))
+    high_bit = _int(ds, "HighBit", stored - 1)
+    representation = _int(ds, "PixelRepresentation", 0)
+    if allocated not in (1, 8, 16, 32) or not 1 <= stored <= allocated or not stored - 1 <= high_bit < allocated:
+        raise InvalidInstance(f"Bits Allocated {allocated}, Bits Stored {stored}, High Bit {high_bit} "
+                              "contradict each other")
+    if representation not in (0, 1):
+        raise InvalidInstance(f"Pixel Representation {representation} is neither 0 nor 1")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in GREY + COLOUR:
+        raise UnsupportedInstance(
+            f"photometric interpretation {photometric or '(missing)'!r} is not supported "
+            f"(supported: {', '.join(GREY + COLOUR)})")
+    if (photometric in GREY or photometric == "PALETTE COLOR") != (samples == 1):
+        raise InvalidInstance(f"Samples per Pixel {samples} contradicts {photometric}")
+    frames = number_of_frames(ds)
+    if rows * cols * frames > opts.max_pixels:
+        raise UnsupportedInstance(
+            f"{rows} x {cols} x {frames} frame(s) = {rows * cols * frames} pixels exceeds "
+            f"limits.max_pixels ({opts.max_pixels})")
+    if frames > 1 and opts.multiframe == "refuse":
+        raise UnsupportedInstance(
+            f"multi-frame images ({frames} frames) are not scored (decoding.multiframe: refuse)")
+    ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+    if ts is not None and not ts.is_compressed:
+        expected = math.ceil(rows * cols * frames * samples * allocated / 8)
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise InvalidInstance(
+                f"truncated pixel data: {actual} bytes, but Rows {rows} x Columns {cols} x "
+                f"{frames} frame(s) x {samples} sample(s) x {allocated} bits need {expected}")
+
+
+# -- decoding -----------------------------------------------------------------------------------
+
+
+def _reduction_levels(rows: int, cols: int, working_size: int) -> int:
+    """How many halvings keep the shorter side at least ``working_size``."""
+    if working_size <= 0:
+        return 0
+    shorter, levels = min(rows, cols), 0
+    while shorter // 2 >= working_size:
+        shorter //= 2
+        levels += 1
+    return levels
+
+
+def _j2k_main_header(codestream: bytes) -> tuple[int, bool, int] | None:
+    """(precision, signed, decomposition levels) from a raw J2K codestream's SIZ and COD markers."""
+    if codestream[:4] != b"\xff\x4f\xff\x51":  # SOC then SIZ
+        return None
+    siz_len = int.from_bytes(codestream[4:6], "big")
+    if siz_len < 41:
+        return None
+    components = int.from_bytes(codestream[40:42], "big")
+    ssiz = codestream[42]
+    pos = 4 + siz_len
+    while pos + 4 <= len(codestream) and codestream[pos] == 0xFF:
+        marker, length = codestream[pos + 1], int.from_bytes(codestream[pos + 2:pos + 4], "big")
+        if marker == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then the decomposition levels
+            if components != 1 or pos + 9 >= len(codestream):
+                return None
+            return (ssiz & 0x7F) + 1, bool(ssiz & 0x80), codestream[pos + 9]
+        if marker == 0x90:  # SOT: tile data, no COD in the main header
+            return None
+        pos += 2 + length
+    return None
+
+
+def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
+    """Stored values at a reduced resolution level, or None where that is not possible here."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    wanted = _reduction_levels(rows, cols, opts.working_size)
+    if wanted == 0 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1:
+        return None
+    try:
+        codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError, struct.error) as exc:
+        raise PixelDecodeError(f"cannot read the encapsulated frame ({transfer_syntax_name(ds)}): {exc}") from exc
+    header = _j2k_main_header(codestream)
+    if header is None:
+        return None
+    precision, signed, levels = header
+    if signed or precision > 16:
+        return None
+    reduce = min(wanted, levels)
+    if reduce == 0:
+        return None
+    from PIL import Image  # Pillow's OpenJPEG binding can decode a resolution level
+
+    try:
+        with Image.open(io.BytesIO(codestream)) as im:
+            im.reduce = reduce
+            im.load()
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # let the full decoder try and report
+        log.debug("reduced JPEG 2000 decoding failed, decoding in full: %s", exc)
+        return None
     if arr.ndim != 2:
-        raise UnsupportedInstance(f"pixel array of shape {arr.shape} is not a single grey image")
-    values = apply_modality_lut(arr, ds).astype(np.float32)
-    if "WindowCenter" in ds and "WindowWidth" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds, index=0).astype(np.float32)
-        lo, hi = float(values.min()), float(values.max())
-    else:
-        lo, hi = np.percentile(values, (0.5, 99.5)).astype(float)
+        return None
+    if arr.dtype == np.uint16 and precision < 16:  # Pillow scales to 16 bits: undo it
+        arr = arr >> (16 - precision)
+    return arr
+
+
+def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """The stored pixel values: (frames, rows, cols[, 3]) after :func:`check_header`.
+
+    JPEG 2000 may come back at a reduced resolution level (fewer rows and columns).
+    """
+    check_header(ds, opts)
+    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    if opts.reduced_decode and ts in J2K_SYNTAXES:
+        arr = _decode_j2k_reduced(ds, opts)
+        if arr is not None:
+            return arr[None]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:  # pydicom and its plugins raise many types for bad or unsupported data
+            raise PixelDecodeError(f"cannot decode pixel data ({transfer_syntax_name(ds)}): "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    for w in caught:
+        log.debug("pixel decoding: %s", w.message)
+    arr = np.asarray(arr)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    frames = number_of_frames(ds)
+    if frames == 1:
+        arr = arr[None]
+    if arr.ndim != (4 if samples == 3 else 3) or arr.shape[0] != frames:
+        raise PixelDecodeError(f"decoded pixel array of shape {arr.shape} does not fit "
+                               f"{frames} frame(s) of {samples} sample(s)")
+    return _honour_high_bit(arr, ds)
+
+
+def _honour_high_bit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """pydicom reads stored bits from bit 0; a legacy High Bit above Bits Stored - 1 shifts them."""
+    stored, high_bit = int(ds.get("BitsStored", 0) or 0), int(ds.get("HighBit", -1) or -1)
+    allocated = int(ds.BitsAllocated)
+    if not stored or high_bit in (-1, stored - 1) or ds.file_meta.TransferSyntaxUID.is_compressed:
+        return arr
+    raw = np.frombuffer(ds.PixelData, dtype=f"<u{allocated // 8}")[:arr.size].reshape(arr.shape)
+    if ds.file_meta.TransferSyntaxUID == uid.ExplicitVRBigEndian:
+        raw = raw.byteswap()
+    values = (raw >> (high_bit + 1 - stored)) & ((1 << stored) - 1)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        values = values.astype(np.int64)
+        values = np.where(values >= 1 << (stored - 1), values - (1 << stored), values)
+    return values.astype(np.int32)
+
+
+# -- the grey display pipeline (pure) -----------------------------------------------------------
+
+
+def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """True where Pixel Padding Value (up to Pixel Padding Range Limit) marks no image."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    a = int(ds.PixelPaddingValue)
+    b = int(ds.get("PixelPaddingRangeLimit", a))
+    lo, hi = min(a, b), max(a, b)
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+def working_scale(rows: int, cols: int, working_size: int) -> float:
+    """The factor (<= 1) that brings the shorter side down to ``working_size``."""
+    if working_size <= 0 or min(rows, cols) <= working_size:
+        return 1.0
+    return working_size / min(rows, cols)
+
+
+def downscale(values: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return values
+    h, w = values.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+
+
+def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """VOI window to [0, 1] by PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.2 (LINEAR_EXACT), .3.1 (SIGMOID)."""
+    x = values.astype(np.float32, copy=False)
+    function = (function or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"window width {width} must be > 0 for SIGMOID")
+        return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"window width {width} must be > 0 for LINEAR_EXACT")
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0).astype(np.float32)
+    if function != "LINEAR":
+        raise ValueError(f"VOI LUT Function {function!r} is not LINEAR, LINEAR_EXACT or SIGMOID")
+    if width < 1:
+        raise ValueError(f"window width {width} must be >= 1 for LINEAR")
+    if width == 1:  # the standard's limit case: a threshold at center - 0.5
+        return (x > center - 0.5).astype(np.float32)
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _first(value: Any) -> float:
+    if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, str):
+        value = value[0]
+    return float(value)
+
+
+def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """Modality values -> [0, 1] by the view's first VOI, else a percentile window; and which."""
+    if "WindowCenter" in ds and "WindowWidth" in ds and ds.WindowCenter not in (None, "") \
+            and ds.WindowWidth not in (None, ""):
+        try:
+            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
+            return window(values, center, width, function), f"window {center:g}/{width:g} {function}"
+        except (ValueError, TypeError, IndexError) as exc:
+            log.debug("the stored window cannot be used (%s); a percentile window instead", exc)
+    elif ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        try:
+            bits = int(item.LUTDescriptor[2])
+            out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True)
+            top = float((1 << bits) - 1) if bits > 0 else float(np.max(item.LUTData) or 1)
+            return np.clip(out.astype(np.float32) / top, 0.0, 1.0), "VOI LUT sequence"
+        except (AttributeError, ValueError, TypeError, IndexError) as exc:
+            log.debug("the VOI LUT sequence cannot be used (%s); a percentile window instead", exc)
+    anatomy = values[~mask] if mask is not None else values.reshape(-1)
+    if anatomy.size == 0:
+        anatomy = values.reshape(-1)
+    lo, hi = (float(v) for v in np.percentile(anatomy, PERCENTILE_WINDOW))
     if hi <= lo:
         hi = lo + 1.0
-    scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled
-    return (scaled * 255.0 + 0.5).astype(np.uint8)
+    return np.clip((values.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0), "percentile window"
+
+
+def inverted(ds: Dataset) -> bool:
+    """MONOCHROME1, or a Presentation LUT Shape of INVERSE: low values are to be shown white.
+
+    DX requires INVERSE exactly when MONOCHROME1, so the two say the same thing once, not twice.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
+
+
+def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions) -> np.ndarray:
+    """Stored values of one grey frame -> uint8 at the working resolution, bone bright."""
+    mask = padding_mask(stored, ds)
+    scale = working_scale(*stored.shape, opts.working_size)
+    if "ModalityLUTSequence" in ds:  # a non-linear LUT: apply it before averaging pixels
+        values = apply_modality_lut(stored, ds).astype(np.float32)
+        values = downscale(values, scale)
+    else:
+        values = downscale(stored.astype(np.float32), scale)
+        values = apply_modality_lut(values, ds).astype(np.float32)
+    if mask is not None and scale < 1.0:
+        mask = downscale(mask.astype(np.float32), scale) > 0.5
+    shown, _how = voi(values, ds, mask)
+    if inverted(ds):
+        shown = 1.0 - shown
+    if mask is not None:
+        shown[mask] = 0.0
+    return (shown * 255.0 + 0.5).astype(np.uint8)
+
+
+def colour_frame_to_display(frame: np.ndarray, ds: Dataset, opts: DecodeOptions) -> np.ndarray:
+    """One colour frame (RGB after pydicom's conversion, or palette indices) -> uint8 grey."""
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if photometric == "PALETTE COLOR":
+        try:
+            frame = apply_color_lut(frame, ds)
+        except (AttributeError, ValueError, IndexError) as exc:
+            raise InvalidInstance(f"the palette colour lookup table cannot be applied: {exc}") from exc
+    top = float((1 << int(ds.BitsStored if photometric != "PALETTE COLOR" else
+                        ds.RedPaletteColorLookupTableDescriptor[2])) - 1) if frame.dtype != np.uint8 else 255.0
+    rgb = frame.astype(np.float32) / top
+    grey = cv2.cvtColor(np.clip(rgb, 0, 1), cv2.COLOR_RGB2GRAY)
+    grey = downscale(grey, working_scale(*grey.shape, opts.working_size))
+    return (grey * 255.0 + 0.5).astype(np.uint8)
+
+
+def display_frames(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> list[np.ndarray]:
+    """Decode and show every frame: uint8 H x W at the working resolution, bone bright."""
+    arr = decode(ds, opts)
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    convert = grey_frame_to_display if photometric in GREY else colour_frame_to_display
+    out = []
+    for frame in arr:
+        try:
+            out.append(convert(frame, ds, opts))
+        except (TypeError, ValueError, AttributeError, KeyError, cv2.error) as exc:
+            raise InvalidInstance(f"the display attributes cannot be applied: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def to_display(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """The first (for a single-frame image, the only) frame as shown: uint8, bone bright."""
+    return display_frames(ds, opts)[0]
+
+
+# -- preparation (pure) -------------------------------------------------------------------------
+
+
+def _strip_uniform_borders(grey: np.ndarray, max_fraction: float = 0.35,
+                           tolerance: float = 6.0) -> tuple[int, int, int, int]:
+    """The box left after peeling rows and columns that are all one level (collimation, padding)."""
+    h, w = grey.shape
+    g = grey.astype(np.float32)
+    row_sd, col_sd = g.std(axis=1), g.std(axis=0)
+    y0, y1, x0, x1 = 0, h, 0, w
+    while y0 < int(h * max_fraction) and row_sd[y0] < tolerance:
+        y0 += 1
+    while h - y1 < int(h * max_fraction) and row_sd[y1 - 1] < tolerance:
+        y1 -= 1
+    while x0 < int(w * max_fraction) and col_sd[x0] < tolerance:
+        x0 += 1
+    while w - x1 < int(w * max_fraction) and col_sd[x1 - 1] < tolerance:
+        x1 -= 1
+    return y0, y1, x0, x1
+
+
+def anatomy_box(grey: np.ndarray, *, min_fraction: float = 0.1,
+                keep_fraction: float = 0.15, margin: float = 0.03) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the bounding box of the anatomy in a displayed view.
+
+    Uniform borders (collimation, padding) are peeled first; then CLAHE, Canny edges with
+    thresholds from the median, a morphological close that joins the edges of one structure, and
+    the connected components: the largest, and those at least ``keep_fraction`` of its area, make
+    the box, so burned-in text and markers (small, apart) fall away. A box smaller than
+    ``min_fraction`` of the view, or no edges at all, gives the whole view.
+    """
+    h, w = grey.shape
+    by0, by1, bx0, bx1 = _strip_uniform_borders(grey)
+    inner = grey[by0:by1, bx0:bx1]
+    if inner.size == 0 or min(inner.shape) < 16:
+        return 0, h, 0, w
+    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(inner)
+    blurred = cv2.GaussianBlur(equalised, (5, 5), 0)
+    median = float(np.median(blurred))
+    edges = cv2.Canny(blurred, int(max(0, 0.67 * median)), int(min(255, 1.33 * median)) or 1)
+    k = max(3, int(round(min(inner.shape) * 0.03)) | 1)
+    closed = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, _labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    if n <= 1:
+        return by0, by1, bx0, bx1
+    comps = stats[1:]
+    box_areas = comps[:, cv2.CC_STAT_WIDTH] * comps[:, cv2.CC_STAT_HEIGHT]
+    keep = comps[box_areas >= keep_fraction * box_areas.max()]
+    x0 = int(keep[:, cv2.CC_STAT_LEFT].min())
+    y0 = int(keep[:, cv2.CC_STAT_TOP].min())
+    x1 = int((keep[:, cv2.CC_STAT_LEFT] + keep[:, cv2.CC_STAT_WIDTH]).max())
+    y1 = int((keep[:, cv2.CC_STAT_TOP] + keep[:, cv2.CC_STAT_HEIGHT]).max())
+    my, mx = int(round((y1 - y0) * margin)), int(round((x1 - x0) * margin))
+    y0, y1 = max(0, y0 - my) + by0, min(inner.shape[0], y1 + my) + by0
+    x0, x1 = max(0, x0 - mx) + bx0, min(inner.shape[1], x1 + mx) + bx0
+    if (y1 - y0) * (x1 - x0) < min_fraction * h * w:
+        return 0, h, 0, w
+    return y0, y1, x0, x1
+
+
+def resize(grey: np.ndarray, size: int, mode: ResizeMode) -> np.ndarray:
+    """To size x size: squashed (the MURA recipe) or aspect-preserving, centred, padded black."""
+    h, w = grey.shape
+    interp = cv2.INTER_AREA if max(h, w) >= size else cv2.INTER_LINEAR
+    if mode == "squash":
+        return cv2.resize(grey, (size, size), interpolation=interp)
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    inner = cv2.resize(grey, (nw, nh), interpolation=interp)
+    out = np.zeros((size, size), dtype=grey.dtype)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = inner
+    return out
+
+
+def normalise(grey: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 size x size -> float32 3 x size x size, mean/std per channel."""
+    x = grey.astype(np.float32) / 255.0
+    mean = np.asarray(prep.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(prep.std, dtype=np.float32)[:, None, None]
+    return ((np.broadcast_to(x, (3, *x.shape)) - mean) / std).astype(np.float32)
 
 
 def to_model_input(grey: np.ndarray, prep: Preprocessing = Preprocessing()) -> np.ndarray:
-    """uint8 HxW -> float32 3 x size x size, ImageNet-normalised."""
-    resized = cv2.resize(grey, (prep.size, prep.size), interpolation=cv2.INTER_AREA)
-    x = resized.astype(np.float32) / 255.0
-    mean = np.asarray(prep.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(prep.std, dtype=np.float32)[:, None, None]
-    return ((np.broadcast_to(x, (3, prep.size, prep.size)) - mean) / std).astype(np.float32)
+    """A displayed view (uint8 H x W) -> the model's input, by ``prep``'s steps."""
+    if prep.crop:
+        y0, y1, x0, x1 = anatomy_box(grey)
+        grey = grey[y0:y1, x0:x1]
+    if prep.clahe:
+        grid = (prep.clahe_tile_grid, prep.clahe_tile_grid)
+        grey = cv2.createCLAHE(clipLimit=prep.clahe_clip_limit, tileGridSize=grid).apply(
+            np.ascontiguousarray(grey))
+    return normalise(resize(grey, prep.size, prep.resize), prep)
 
 
-def prepare_file(path: Path, prep: Preprocessing = Preprocessing()) -> np.ndarray:
-    """Read, decode and prepare one stored view; raises a dicom_io error saying why not."""
-    return to_model_input(to_display(read_dataset(path)), prep)
+def prepare_dataset(ds: Dataset, prep: Preprocessing = Preprocessing(),
+                    opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """Every frame of a dataset as model input: float32 (frames, 3, size, size)."""
+    return np.stack([to_model_input(g, prep) for g in display_frames(ds, opts)])
+
+
+def prepare_frames(path: Path | str, prep: Preprocessing = Preprocessing(),
+                   opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """Read, decode and prepare a stored view: (frames, 3, size, size); raises a dicom_io error."""
+    return prepare_dataset(read_dataset(path), prep, opts)
+
+
+def prepare_file(path: Path | str, prep: Preprocessing = Preprocessing(),
+                 opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
+    """A single-frame view as model input (3, size, size); raises a dicom_io error saying why not."""
+    return prepare_frames(path, prep, opts)[0]
