@@ -90,14 +90,13 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
-    from daemon.service import load_scorer
-    from daemon.worker import score_views
+    from daemon.service import load_scorer, model_preprocessing
+    from daemon.worker import build_pool, score_views
+    from dicom_io.bodypart import study_type_of_study
     from inference.policy import priority_for, study_probability
 
-    from dicom_io.pixels import Preprocessing
-
     scorer = load_scorer(config)
-    prep = Preprocessing.from_card(scorer.card.preprocessing)
+    pool = build_pool(config, model_preprocessing(config, scorer.card))
     studies: "OrderedDict[str | None, list[tuple[int, str, Path]]]" = OrderedDict()
     unreadable: list[dict] = []
     for i, f in enumerate(_iter_files(paths)):
@@ -112,20 +111,27 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
         studies.setdefault(study_uid, []).append((i, sop_uid, f))
     rules = [(r.min_probability, r.priority) for r in config.priority.rules]
     rows = []
-    for study_uid, views in studies.items():
-        outcomes = score_views(scorer, views, prep)
+    with pool:
+        scored = [(uid, views, score_views(scorer, pool, views)) for uid, views in studies.items()]
+    for study_uid, views, outcomes in scored:
         probability = study_probability(o.probability for o in outcomes)
+        analysed = sum(o.probability is not None for o in outcomes)
         rows.append({
             "study_instance_uid": study_uid,
+            "study_type": study_type_of_study(o.study_type for o in outcomes),
+            "views_analysed": analysed,
+            "views_not_analysed": len(outcomes) - analysed,
             "probability": probability,
             "abnormal": None if probability is None else probability >= config.model.threshold,
             "priority": priority_for(probability, rules, config.priority.default),
             "model": f"{scorer.card.display_name} {scorer.card.version}",
             "views": [{"sop_instance_uid": o.sop_instance_uid, "path": str(p), "probability": o.probability,
-                       "error": o.error} for o, (_, _, p) in zip(outcomes, views)],
+                       "study_type": o.study_type, "frames": o.frames, "error": o.error}
+                      for o, (_, _, p) in zip(outcomes, views)],
         })
     if unreadable:
-        rows.append({"study_instance_uid": None, "probability": None, "abnormal": None,
+        rows.append({"study_instance_uid": None, "study_type": None, "views_analysed": 0,
+                     "views_not_analysed": len(unreadable), "probability": None, "abnormal": None,
                      "priority": config.priority.default, "model": None, "views": unreadable})
     return rows
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
+from dicom_io.bodypart import DEFAULT_BODY_PARTS, DEFAULT_IGNORED_WORDS, SelectionRules
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Priority = Literal["HIGH", "ELEVATED", "ROUTINE"]
@@ -135,6 +136,86 @@ class ModelConfig(_Section):
     )
 
 
+class PreprocessingConfig(_Section):
+    """How a view becomes model input; must equal what the model's card says it was trained with."""
+
+    size: int = Field(224, ge=32, le=2048, description="Model input: size x size pixels.")
+    resize: Literal["squash", "letterbox"] = Field(
+        "squash", description="squash: stretched to a square (the MURA recipe); letterbox: "
+        "aspect kept, padded black.")
+    crop: bool = Field(True, description="Crop to the anatomy (collimation borders and burned-in "
+                       "text fall away) before resizing.")
+    clahe: bool = Field(False, description="Contrast-limited adaptive histogram equalisation.")
+    clahe_clip_limit: float = Field(2.0, gt=0, le=100, description="CLAHE clip limit.")
+    clahe_tile_grid: int = Field(8, ge=1, le=64, description="CLAHE tiles per side.")
+
+
+class DecodingConfig(_Section):
+    """Run-time pixel choices that are not part of the model."""
+
+    working_size: int = Field(
+        512, ge=0, le=16384,
+        description="Shorter side (pixels) at which views are windowed and cropped; 0: full size.")
+    reduced_decode: bool = Field(
+        True, description="Decode JPEG 2000 / HTJ2K at the smallest resolution level still at "
+        "least working_size (much faster; the tensor differs from a full decode by ~1 grey level).")
+    multiframe: Literal["refuse", "frames"] = Field(
+        "refuse", description="A multi-frame instance: refused (not analysed), or every frame "
+        "scored and the instance's probability the mean of its frames.")
+    workers: int = Field(
+        0, ge=0, le=256, description="Processes that decode and prepare views; 0: one per core, "
+        "1: in the scoring thread.")
+
+
+class LimitsConfig(_Section):
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="Rows x Columns x frames above this is not decoded (not analysed).")
+
+
+def _check_upper(values: list[str]) -> list[str]:
+    return [v.strip().upper() for v in values if v.strip()]
+
+
+MuraStudyType = Literal["ELBOW", "FINGER", "FOREARM", "HAND", "HUMERUS", "SHOULDER", "WRIST"]
+
+
+class ScoringConfig(_Section):
+    """What gets scored, and the MURA study type of what does."""
+
+    modalities: Annotated[list[str], AfterValidator(_check_upper)] = Field(
+        default_factory=lambda: ["CR", "DX"], min_length=1,
+        description="Modalities (0008,0060) that are scored; others are reported not analysed.")
+    excluded_image_types: Annotated[list[str], AfterValidator(_check_upper)] = Field(
+        default_factory=lambda: ["LOCALIZER"],
+        description="A view whose Image Type (0008,0008) holds any of these is not scored.")
+    score_for_processing: bool = Field(
+        False, description="Score DX 'FOR PROCESSING' (raw detector) images too.")
+    unmapped_body_part: Literal["score", "not_analysed"] = Field(
+        "score", description="A radiograph whose body part is not in body_parts: scored with the "
+        "default model, or reported 'not analysed: body part not supported'.")
+    ignored_words: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORED_WORDS),
+        description="Words dropped before matching (laterality, views).")
+    body_parts: dict[MuraStudyType, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_BODY_PARTS.items()},
+        description="MURA study type -> words and phrases of Body Part Examined, Protocol Name, "
+        "Series and Study Description that name it (case and accents ignored).")
+
+    @model_validator(mode="after")
+    def _table(self) -> "ScoringConfig":
+        self.rules()  # a phrase under two study types, or one with no letters: a ValueError
+        return self
+
+    def rules(self) -> SelectionRules:
+        return SelectionRules(
+            modalities=tuple(self.modalities), excluded_image_types=tuple(self.excluded_image_types),
+            score_for_processing=self.score_for_processing,
+            unmapped_body_part=self.unmapped_body_part,
+            body_parts={k: tuple(v) for k, v in self.body_parts.items()},
+            ignored_words=tuple(self.ignored_words),
+        )
+
+
 class PriorityRule(_Section):
     min_probability: float = Field(ge=0, le=1)
     priority: Priority
@@ -220,6 +301,10 @@ class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     priority: PriorityConfig = Field(default_factory=PriorityConfig)
     destinations: list[Destination] = Field(default_factory=list)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)

@@ -19,9 +19,11 @@ from daemon.completion import sweep
 from daemon.config import Config
 from daemon.dispatch import Dispatcher
 from daemon.receiver import Receiver
-from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, recover
+from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, build_pool, recover
 from db import Database, utcnow
 from dicom_io.destinations import Destination, DicomStore
+from dicom_io.pixels import Preprocessing
+from dicom_io.prepare import PreparePool
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,27 @@ def load_scorer(config: Config) -> ViewScorer:
                     "its scores mean nothing", card.name, card.version)
     log.info("model %s %s (%s) on %s", card.name, card.version, card.arch, device)
     return Scorer(model, card, device=device, batch_size=m.batch_size, cpu_threads=m.cpu_threads)
+
+
+def model_preprocessing(config: Config, card: "ModelCard") -> Preprocessing:  # noqa: F821
+    """The model's preprocessing, which must be exactly what ``preprocessing:`` in the config says.
+
+    Raises StartupError listing every setting where the two differ: a model served with other
+    preprocessing than it was trained with gives scores that mean nothing.
+    """
+    try:
+        trained = Preprocessing.from_card(card.preprocessing)
+    except (TypeError, ValueError) as exc:
+        raise StartupError(f"model.checkpoint: the card of {card.name} {card.version} has "
+                           f"unusable preprocessing: {exc}") from exc
+    wanted = Preprocessing(**config.preprocessing.model_dump(), mean=trained.mean, std=trained.std)
+    diffs = wanted.differences(trained)
+    if diffs:
+        raise StartupError(
+            f"preprocessing: config.yaml and the model {card.name} {card.version} disagree "
+            f"(config vs model): {'; '.join(diffs)}. Set preprocessing: to what the model was "
+            "trained with")
+    return trained
 
 
 def build_destinations(config: Config) -> dict[str, Destination]:
@@ -73,6 +96,7 @@ class Service:
         self.db: Database | None = None
         self.receiver: Receiver | None = None
         self.worker: ScoringWorker | None = None
+        self.pool: PreparePool | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
         self._stopped = threading.Event()
@@ -83,13 +107,14 @@ class Service:
         cfg = self.config
         cfg.storage.path.mkdir(parents=True, exist_ok=True)
         scorer = self._scorer or load_scorer(cfg)
+        self.pool = build_pool(cfg, model_preprocessing(cfg, scorer.card))
         self.db = Database(cfg.database.url)
         try:
             self.db.migrate()
             recover(self.db, self.clock())
         except SQLAlchemyError as exc:
             raise StartupError(f"database.url: cannot use {self.db.describe()}: {exc}") from exc
-        self.worker = ScoringWorker(StudyScorer(cfg, self.db, scorer, clock=self.clock))
+        self.worker = ScoringWorker(StudyScorer(cfg, self.db, scorer, clock=self.clock, pool=self.pool))
         self.dispatcher = Dispatcher(self.db, self._destinations or build_destinations(cfg),
                                      cfg.dispatch, cfg.storage.path, clock=self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -150,6 +175,8 @@ class Service:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join()
+        if self.pool is not None:
+            self.pool.close()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         if self.db is not None:

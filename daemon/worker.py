@@ -40,7 +40,9 @@ from db import (
     utcnow,
 )
 from dicom_io.errors import DicomIOError
-from dicom_io.pixels import Preprocessing, prepare_file
+from dicom_io.bodypart import study_type_of_study
+from dicom_io.pixels import DecodeOptions, Preprocessing
+from dicom_io.prepare import PreparePool
 from dicom_io.sr import TriageReport, ViewScore, build_triage_sr, series_description
 from dicom_io.storage import durable_write, output_relpath
 from inference.policy import is_abnormal, priority_for, study_probability
@@ -67,6 +69,8 @@ class ViewOutcome:
     sop_instance_uid: str
     probability: float | None
     error: str | None
+    study_type: str | None = None
+    frames: int = 1
 
 
 def device_uid(name: str, version: str) -> str:
@@ -74,48 +78,60 @@ def device_uid(name: str, version: str) -> str:
     return generate_uid(entropy_srcs=[DEVICE_UID_NAMESPACE, name, version])
 
 
-def score_views(scorer: ViewScorer, paths: Sequence[tuple[int, str, Path]],
-                prep: Preprocessing) -> list[ViewOutcome]:
-    """Prepare every view, score those that could be prepared in batches, keep the reasons."""
-    prepared: list[np.ndarray] = []
-    index: list[int] = []
-    outcomes: list[ViewOutcome | None] = [None] * len(paths)
-    for i, (instance_id, sop_uid, path) in enumerate(paths):
-        try:
-            prepared.append(prepare_file(path, prep))
-            index.append(i)
-        except DicomIOError as exc:
-            outcomes[i] = ViewOutcome(instance_id, sop_uid, None, str(exc))
-        except OSError as exc:
-            outcomes[i] = ViewOutcome(instance_id, sop_uid, None, f"cannot read the stored file: {exc.strerror}")
-        except Exception as exc:  # malformed attributes surface as TypeError, cv2.error, ...
-            log.warning("view %s could not be prepared", sop_uid, exc_info=True)
-            outcomes[i] = ViewOutcome(instance_id, sop_uid, None,
-                                      f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
+def score_views(scorer: ViewScorer, pool: PreparePool,
+                paths: Sequence[tuple[int, str, Path]]) -> list[ViewOutcome]:
+    """Prepare every view in the pool, score every prepared frame in batches, keep the reasons.
+
+    A multi-frame view (``decoding.multiframe: frames``) scores the mean of its frames.
+    """
+    prepared = pool.map([p for _, _, p in paths])
+    frames: list[np.ndarray] = []
+    owner: list[int] = []
+    for i, view in enumerate(prepared):
+        if view.tensor is not None:
+            frames.extend(view.tensor)
+            owner.extend([i] * view.frames)
+    error = None
     try:
-        probabilities: list[float | None] = list(scorer.score(prepared)) if prepared else []
-        error = None
+        probabilities = [float(p) for p in scorer.score(frames)] if frames else []
     except Exception as exc:  # the model failed on this study: report it as not analysed
         log.exception("inference failed")
-        probabilities = [None] * len(prepared)
+        probabilities = []
         error = f"inference failed: {type(exc).__name__}: {exc}"
-    for i, p in zip(index, probabilities):
-        instance_id, sop_uid, _ = paths[i]
-        outcomes[i] = ViewOutcome(instance_id, sop_uid, None if p is None else float(p), error)
-    return [o for o in outcomes if o is not None]
+    per_view: dict[int, list[float]] = {}
+    for i, p in zip(owner, probabilities):
+        per_view.setdefault(i, []).append(p)
+    outcomes = []
+    for i, ((instance_id, sop_uid, _), view) in enumerate(zip(paths, prepared)):
+        scores = per_view.get(i)
+        outcomes.append(ViewOutcome(
+            instance_id, sop_uid,
+            probability=float(np.mean(scores)) if scores else None,
+            error=view.error or (error if view.tensor is not None else None),
+            study_type=view.study_type, frames=view.frames))
+    return outcomes
+
+
+def build_pool(config: Config, prep: Preprocessing) -> PreparePool:
+    """The preparation pool the config asks for (processes start on first use)."""
+    d = config.decoding
+    opts = DecodeOptions(working_size=d.working_size, reduced_decode=d.reduced_decode,
+                         multiframe=d.multiframe, max_pixels=config.limits.max_pixels)
+    return PreparePool(prep, opts, config.scoring.rules(), workers=d.workers)
 
 
 class StudyScorer:
     """Everything needed to score a study; one per process."""
 
     def __init__(self, config: Config, db: Database, scorer: ViewScorer, *,
-                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 clock: Callable[[], dt.datetime] = utcnow, pool: PreparePool | None = None) -> None:
         self.config = config
         self.db = db
         self.scorer = scorer
         self.clock = clock
         self.root = config.storage.path
-        self.prep = Preprocessing.from_card(scorer.card.preprocessing)
+        self.pool = pool if pool is not None else build_pool(
+            config, Preprocessing.from_card(scorer.card.preprocessing))
 
     def claim_next(self) -> tuple[int, int] | None:
         """Move the oldest complete study to scoring; return (study id, revision)."""
@@ -140,7 +156,7 @@ class StudyScorer:
             rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances]
         slog = study_logger(log, study_uid)
         card = self.scorer.card
-        outcomes = score_views(self.scorer, rows, self.prep)
+        outcomes = score_views(self.scorer, self.pool, rows)
         probability = study_probability(o.probability for o in outcomes)
         threshold = self.config.model.threshold
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
@@ -206,6 +222,7 @@ class StudyScorer:
                 model_version=report.algorithm_version, superseded=False,
                 sr_sop_instance_uid=sr_uid, sr_series_instance_uid=sr_series, sr_path=relpath,
                 series_description=series_description(report),
+                study_type=study_type_of_study(o.study_type for o in outcomes),
             )
             s.add(result)
             s.flush()

@@ -175,6 +175,8 @@ class StudyResult(Base):
     #: relative to ``storage.path``
     sr_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     series_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the MURA study type its views' headers name (ELBOW ... WRIST); None when unmapped
+    study_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="results")
     scores: Mapped[list[ImageScore]] = relationship(

@@ -208,13 +208,34 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
         raise UnsupportedInstance(
             f"multi-frame images ({frames} frames) are not scored (decoding.multiframe: refuse)")
     ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+    if ts is not None and ts.is_encapsulated and ts != uid.RLELossless:
+        _check_codestreams(ds, frames)
     if ts is not None and not ts.is_compressed:
+        if photometric == "YBR_FULL_422":  # stored with the chroma halved: 2 bytes a pixel
+            samples = 2
         expected = math.ceil(rows * cols * frames * samples * allocated / 8)
         actual = len(ds.PixelData)
         if actual < expected:
             raise InvalidInstance(
                 f"truncated pixel data: {actual} bytes, but Rows {rows} x Columns {cols} x "
                 f"{frames} frame(s) x {samples} sample(s) x {allocated} bits need {expected}")
+
+
+def _check_codestreams(ds: Dataset, frames: int) -> None:
+    """Every JPEG, JPEG-LS and JPEG 2000 frame must end with its EOI marker (FFD9).
+
+    Their decoders return a truncated stream's missing rows as garbage without a word, so a
+    frame cut short in transit would be scored as if it were whole.
+    """
+    try:
+        for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), 1):
+            if b"\xff\xd9" not in frame[-16:]:  # FFD9 cannot occur inside entropy-coded data
+                raise PixelDecodeError(
+                    f"truncated pixel data: frame {number} of {frames} has no end-of-image marker "
+                    f"({transfer_syntax_name(ds)})")
+    except (ValueError, struct.error) as exc:
+        raise PixelDecodeError(f"the encapsulated pixel data cannot be read "
+                              f"({transfer_syntax_name(ds)}): {exc}") from exc
 
 
 # -- decoding -----------------------------------------------------------------------------------
@@ -401,7 +422,8 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
             function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR")
             return window(values, center, width, function), f"window {center:g}/{width:g} {function}"
         except (ValueError, TypeError, IndexError) as exc:
-            log.debug("the stored window cannot be used (%s); a percentile window instead", exc)
+            raise InvalidInstance(f"the VOI window (Window Center/Width, VOI LUT Function) "
+                                  f"cannot be applied: {exc}") from exc
     elif ds.get("VOILUTSequence"):
         item = ds.VOILUTSequence[0]
         try:
@@ -410,7 +432,7 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
             top = float((1 << bits) - 1) if bits > 0 else float(np.max(item.LUTData) or 1)
             return np.clip(out.astype(np.float32) / top, 0.0, 1.0), "VOI LUT sequence"
         except (AttributeError, ValueError, TypeError, IndexError) as exc:
-            log.debug("the VOI LUT sequence cannot be used (%s); a percentile window instead", exc)
+            raise InvalidInstance(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
     anatomy = values[~mask] if mask is not None else values.reshape(-1)
     if anatomy.size == 0:
         anatomy = values.reshape(-1)

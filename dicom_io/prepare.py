@@ -1,0 +1,134 @@
+"""Views to model input in a pool of worker processes, every failure turned into a reason.
+
+:func:`prepare_view` is what one worker does for one stored view: read it once, decide whether it
+is scored (modality, image type, body part: :mod:`dicom_io.bodypart`), decode and prepare every
+frame (:mod:`dicom_io.pixels`). It never raises: a view that cannot be scored comes back with
+its reason, which the study's report carries ("not analysed: ...").
+
+:class:`PreparePool` runs it in ``workers`` processes (spawned, so no lock or thread of the
+daemon is inherited) so every core decodes while the model scores; ``workers=1`` runs in the
+caller's thread, which is what tests and the single-core case want.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from dicom_io.bodypart import SelectionRules, select_view
+from dicom_io.errors import DicomIOError
+from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_dataset, read_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedView:
+    """One view's model input, or why there is none."""
+
+    #: float32 (frames, 3, size, size); None when the view is not scored
+    tensor: np.ndarray | None
+    #: the MURA study type the view's header names, None when unmapped or unreadable
+    study_type: str | None
+    #: why the view is not scored (None when it is)
+    error: str | None
+
+    @property
+    def frames(self) -> int:
+        return 0 if self.tensor is None else int(self.tensor.shape[0])
+
+
+def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
+                 rules: SelectionRules) -> PreparedView:
+    """Read, select and prepare one stored view; never raises."""
+    try:
+        ds = read_dataset(path)
+    except DicomIOError as exc:
+        return PreparedView(None, None, str(exc))
+    except OSError as exc:
+        return PreparedView(None, None, f"cannot read the stored file: {exc.strerror or exc}")
+    study_type = None
+    try:
+        selection = select_view(ds, rules)
+        study_type = selection.study_type
+        if not selection.scored:
+            return PreparedView(None, study_type, selection.reason)
+        return PreparedView(prepare_dataset(ds, prep, opts), study_type, None)
+    except DicomIOError as exc:
+        return PreparedView(None, study_type, str(exc))
+    except MemoryError:
+        return PreparedView(None, study_type, "not enough memory to decode the image")
+    except Exception as exc:  # malformed attributes surface as TypeError, cv2.error, ...: that view's error
+        log.warning("a view could not be prepared", exc_info=True)
+        return PreparedView(None, study_type, f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
+
+
+def _init_worker() -> None:
+    """One thread per worker process: the pool, not OpenCV, spreads the work over the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class PreparePool:
+    """Prepares views in ``workers`` processes (0: one per core; 1: in the calling thread)."""
+
+    def __init__(self, prep: Preprocessing, opts: DecodeOptions, rules: SelectionRules,
+                 workers: int = 0) -> None:
+        self.prep, self.opts, self.rules = prep, opts, rules
+        self.workers = workers or default_workers()
+        self._executor: Executor | None = None
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker)
+        return self._executor
+
+    def map(self, paths: Sequence[Path | str]) -> list[PreparedView]:
+        """Every view's outcome, in order."""
+        if self.workers == 1 or len(paths) <= 1:
+            return [prepare_view(p, self.prep, self.opts, self.rules) for p in paths]
+        try:
+            return list(self._pool().map(prepare_view, paths, *self._repeat(len(paths))))
+        except BrokenProcessPool:  # a worker died (out of memory, a codec crash): find which view
+            log.error("a preparation worker died; preparing the study's views one at a time")
+            self.close()
+            return [self._isolated(p) for p in paths]
+
+    def _isolated(self, path: Path | str) -> PreparedView:
+        try:
+            return self._pool().submit(prepare_view, path, self.prep, self.opts, self.rules).result()
+        except BrokenProcessPool:
+            self.close()
+            return PreparedView(None, None, "the decoder crashed on this view (its worker process died)")
+
+    def _repeat(self, n: int) -> Iterable[list]:
+        return [self.prep] * n, [self.opts] * n, [self.rules] * n
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> "PreparePool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
