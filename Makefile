@@ -23,12 +23,14 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian tools the integration tests talk to: DCMTK (storescu, storescp, dcmdump) and
-# dicom3tools (dciodvfy). Installed only when missing; needs root (or sudo).
+# Debian tools the tests talk to: DCMTK (storescu, storescp, dcmdump, dcmcjpeg, dcmcjpls,
+# dcmcrle), dicom3tools (dciodvfy) and OpenJPH (ojph_compress: the HTJ2K test files).
+# Installed only when missing; needs root (or sudo).
 test-tools:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	command -v ojph_compress >/dev/null 2>&1 || missing="$$missing openjph-tools"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -7,10 +7,11 @@ The encoders are the real ones a site's images come from, not a re-implementatio
   (lossless and lossy, through pylibjpeg-openjpeg);
 * DCMTK writes explicit VR big endian (``dcmconv +tb``: pydicom refuses to change endianness),
   the JPEG processes (``dcmcjpeg``) and JPEG-LS (``dcmcjpls``);
-* HTJ2K is encoded by pydicom when it has an encoder for it (pydicom 3.0 has none, and
-  pylibjpeg-openjpeg 2.6 only decodes HTJ2K): until then :func:`missing_encoder` says so, and
-  :func:`build_corpus` leaves those syntaxes out rather than label a plain JPEG 2000
-  codestream as HTJ2K.
+* HTJ2K is encoded by OpenJPH's ``ojph_compress`` (Debian ``openjph-tools``; pydicom 3.0 has
+  no HTJ2K encoder and pylibjpeg-openjpeg 2.6 only decodes it) from a PGM of the stored
+  values, and the codestream encapsulated by pydicom. The RPCL entry uses RPCL progression;
+  OpenJPH 0.9 writes no TLM marker, which decoders do not need. Without the tool,
+  :func:`missing_encoder` says so and :func:`build_corpus` leaves HTJ2K out.
 
 Every file written is read back and its Transfer Syntax UID checked against the one asked
 for (DCMTK's options change between versions; a silent fallback would make a test pass for
@@ -33,6 +34,8 @@ from pydicom.pixels import get_encoder
 
 #: pydicom writes it (uncompressed: by setting the transfer syntax; compressed: ``compress``)
 PYDICOM = "pydicom"
+#: OpenJPH's encoder (HTJ2K)
+OPENJPH = "ojph_compress"
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,11 @@ ENCODINGS: tuple[Encoding, ...] = (
     Encoding(uid.JPEG2000Lossless, "JPEG2000Lossless", True, PYDICOM, compress_kwargs=_OPENJPEG),
     Encoding(uid.JPEG2000, "JPEG2000", False, PYDICOM,
              compress_kwargs=_OPENJPEG + (("j2k_cr", [10]),)),
-    Encoding(uid.HTJ2KLossless, "HTJ2KLossless", True, PYDICOM),
-    Encoding(uid.HTJ2KLosslessRPCL, "HTJ2KLosslessRPCL", True, PYDICOM),
-    Encoding(uid.HTJ2K, "HTJ2K", False, PYDICOM),
+    Encoding(uid.HTJ2KLossless, "HTJ2KLossless", True, OPENJPH,
+             ("-reversible", "true", "-prog_order", "LRCP")),
+    Encoding(uid.HTJ2KLosslessRPCL, "HTJ2KLosslessRPCL", True, OPENJPH,
+             ("-reversible", "true", "-prog_order", "RPCL")),
+    Encoding(uid.HTJ2K, "HTJ2K", False, OPENJPH, ("-qstep", "0.002")),
 )
 
 BY_UID: dict[str, Encoding] = {e.uid: e for e in ENCODINGS}
@@ -112,6 +117,12 @@ def is_lossless(ts_uid: str) -> bool:
 
 def missing_encoder(enc: Encoding) -> str | None:
     """Why ``enc`` cannot be produced on this machine, or None when it can."""
+    if enc.tool == OPENJPH:
+        if shutil.which(OPENJPH) is None:
+            return (f"no encoder for {uid.UID(enc.uid).name} is installed: pydicom "
+                    f"{pydicom.__version__} has none, pylibjpeg-openjpeg only decodes HTJ2K, and "
+                    "OpenJPH's ojph_compress (Debian package openjph-tools) is missing")
+        return None
     if enc.tool != PYDICOM:
         if shutil.which(enc.tool) is None:
             return f"DCMTK tool {enc.tool!r} not installed (Debian package dcmtk)"
@@ -174,6 +185,8 @@ def build_corpus(tmp_dir: Path, ds: Dataset) -> dict[str, Path]:
         path = tmp_dir / f"{enc.name}.dcm"
         if enc.tool == PYDICOM:
             _write_with_pydicom(reference, enc, path)
+        elif enc.tool == OPENJPH:
+            _write_with_openjph(reference, enc, path)
         else:
             _run_dcmtk([enc.tool, *enc.args, str(source), str(path)])
         written = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
@@ -196,6 +209,31 @@ def _write_with_pydicom(source: Dataset, enc: Encoding, path: Path) -> None:
             out.LossyImageCompressionMethod = _LOSSY_METHOD[enc.uid]
             out.LossyImageCompressionRatio = round(uncompressed_size / len(out.PixelData), 2)
     out.save_as(path, enforce_file_format=True)
+
+
+def _write_with_openjph(source: Dataset, enc: Encoding, path: Path) -> None:
+    """HTJ2K by ``ojph_compress`` from a binary PGM of the stored values, then encapsulated."""
+    from pydicom.encaps import encapsulate
+
+    arr = source.pixel_array
+    bits = int(source.BitsStored)
+    pgm, j2c = path.with_suffix(".pgm"), path.with_suffix(".j2c")
+    big_endian = arr.astype(">u2" if bits > 8 else "u1")
+    pgm.write_bytes(f"P5\n{arr.shape[1]} {arr.shape[0]}\n{(1 << bits) - 1}\n".encode()
+                    + big_endian.tobytes())
+    _run_dcmtk([OPENJPH, "-i", str(pgm), "-o", str(j2c), *enc.args])
+    codestream = j2c.read_bytes()
+    out = copy.deepcopy(source)
+    out.file_meta.TransferSyntaxUID = enc.uid
+    out.PixelData = encapsulate([codestream + b"\0" * (len(codestream) % 2)])
+    out["PixelData"].VR = "OB"
+    if not enc.lossless:
+        out.LossyImageCompression = "01"
+        out.LossyImageCompressionMethod = _LOSSY_METHOD[enc.uid]
+        out.LossyImageCompressionRatio = round(len(source.PixelData) / len(codestream), 2)
+    out.save_as(path, enforce_file_format=True)
+    pgm.unlink()
+    j2c.unlink()
 
 
 def _run_dcmtk(cmd: list[str]) -> None:
