@@ -6,7 +6,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test-tools run test bench clean
+.PHONY: install install-test test-tools run test bench bench-pixels clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,9 @@ test: install-test test-tools
 
 bench: install-test test-tools
 	$(BIN)/python benchmarks/receive.py
+
+bench-pixels: install-test test-tools
+	$(BIN)/python benchmarks/pixels.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -130,8 +130,14 @@ class StudyScorer:
         self.scorer = scorer
         self.clock = clock
         self.root = config.storage.path
+        self._owns_pool = pool is None
         self.pool = pool if pool is not None else build_pool(
             config, Preprocessing.from_card(scorer.card.preprocessing))
+
+    def close(self) -> None:
+        """Stop the preparation processes this scorer started (a pool passed in is the caller's)."""
+        if self._owns_pool:
+            self.pool.close()
 
     def claim_next(self) -> tuple[int, int] | None:
         """Move the oldest complete study to scoring; return (study id, revision)."""

@@ -118,6 +118,8 @@ def _show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(f"{v:g}" for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
 
 

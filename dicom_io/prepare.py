@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -93,6 +93,8 @@ class PreparePool:
         self.prep, self.opts, self.rules = prep, opts, rules
         self.workers = workers or default_workers()
         self._executor: Executor | None = None
+        #: what a worker runs for one view (a module-level function: it is pickled by name)
+        self.task: Callable[..., PreparedView] = prepare_view
 
     def _pool(self) -> Executor:
         if self._executor is None:
@@ -104,9 +106,9 @@ class PreparePool:
     def map(self, paths: Sequence[Path | str]) -> list[PreparedView]:
         """Every view's outcome, in order."""
         if self.workers == 1 or len(paths) <= 1:
-            return [prepare_view(p, self.prep, self.opts, self.rules) for p in paths]
+            return [self.task(p, self.prep, self.opts, self.rules) for p in paths]
         try:
-            return list(self._pool().map(prepare_view, paths, *self._repeat(len(paths))))
+            return list(self._pool().map(self.task, paths, *self._repeat(len(paths))))
         except BrokenProcessPool:  # a worker died (out of memory, a codec crash): find which view
             log.error("a preparation worker died; preparing the study's views one at a time")
             self.close()
@@ -114,7 +116,7 @@ class PreparePool:
 
     def _isolated(self, path: Path | str) -> PreparedView:
         try:
-            return self._pool().submit(prepare_view, path, self.prep, self.opts, self.rules).result()
+            return self._pool().submit(self.task, path, self.prep, self.opts, self.rules).result()
         except BrokenProcessPool:
             self.close()
             return PreparedView(None, None, "the decoder crashed on this view (its worker process died)")

@@ -1,0 +1,16 @@
+"""A preparation task that kills its worker process on one file: how a codec crash looks to the pool.
+
+It lives in an importable module (not a test file) because spawned workers import it by name.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dicom_io.prepare import PreparedView, prepare_view
+
+
+def crash_on_marked_files(path, prep, opts, rules) -> PreparedView:  # type: ignore[no-untyped-def]
+    if Path(path).name.startswith("crash"):
+        os._exit(3)  # what a segfault in a decoder looks like from outside
+    return prepare_view(path, prep, opts, rules)
