@@ -156,12 +156,12 @@ def cmd_score(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         json.dump(rows, out, indent=2)
         out.write("\n")
         return EXIT_OK
-    print(f"{'STUDY INSTANCE UID':<64}  {'PROB':>5}  {'PRIORITY':<8}  VIEWS", file=out)
+    print(f"{'STUDY INSTANCE UID':<64}  {'TYPE':<8}  {'PROB':>5}  {'PRIORITY':<8}  VIEWS", file=out)
     for r in rows:
-        scored = sum(v["probability"] is not None for v in r["views"])
         prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"
-        print(f"{r['study_instance_uid'] or '(unreadable files)':<64}  {prob:>5}  {r['priority']:<8}  "
-              f"{scored}/{len(r['views'])} scored", file=out)
+        print(f"{r['study_instance_uid'] or '(unreadable files)':<64}  {r['study_type'] or '-':<8}  "
+              f"{prob:>5}  {r['priority']:<8}  {r['views_analysed']}/{len(r['views'])} analysed",
+              file=out)
         for v in r["views"]:
             if v["error"]:
                 print(f"    {v['sop_instance_uid'] or v['path']}: {v['error']}", file=out)

@@ -90,8 +90,8 @@ def test_score_table(tmp_path: Path, folder: Path, untrained_checkpoint: Path) -
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("STUDY INSTANCE UID")
-    assert any("2/2 scored" in line for line in lines)
-    assert any("(unreadable files)" in line and "0/1 scored" in line for line in lines)
+    assert any("2/2 analysed" in line and "WRIST" in line for line in lines)
+    assert any("(unreadable files)" in line and "0/1 analysed" in line for line in lines)
 
 
 def test_score_refuses_untrained_model(tmp_path: Path, folder: Path, untrained_checkpoint: Path) -> None:
