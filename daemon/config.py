@@ -157,8 +157,9 @@ class DecodingConfig(_Section):
         512, ge=0, le=16384,
         description="Shorter side (pixels) at which views are windowed and cropped; 0: full size.")
     reduced_decode: bool = Field(
-        True, description="Decode JPEG 2000 / HTJ2K at the smallest resolution level still at "
-        "least working_size (much faster; the tensor differs from a full decode by ~1 grey level).")
+        True, description="Decode JPEG 2000 / HTJ2K at the smallest resolution level, and 8-bit "
+        "JPEG baseline at the smallest DCT scale, still at least working_size (much faster; the "
+        "tensor differs from a full decode by ~1 grey level).")
     multiframe: Literal["refuse", "frames"] = Field(
         "refuse", description="A multi-frame instance: refused (not analysed), or every frame "
         "scored and the instance's probability the mean of its frames.")

@@ -6,7 +6,8 @@ The path of one view (every step a pure function of arrays and attributes, excep
                          interpretation supported, at most ``max_pixels`` pixels
     decode               pydicom's pixel handlers (pylibjpeg, openjpeg, libjpeg plugins); JPEG 2000
                          and HTJ2K at a reduced resolution level where the codestream has one
-                         (OpenJPEG through Pillow), so a 2k x 2k view decodes as 512 x 512
+                         (OpenJPEG through Pillow), so a 2k x 2k view decodes as 512 x 512;
+                         8-bit grey JPEG baseline at 1/2 to 1/8 scale (libjpeg through Pillow)
     stored values        Bits Stored, High Bit and Pixel Representation honoured
     padding              Pixel Padding Value (and Range Limit) masked out of everything below
     working resolution   area-downscaled so the shorter side is ``working_size`` (never upscaled)
@@ -129,7 +130,8 @@ class DecodeOptions:
 
     #: The shorter side at which a view is windowed and cropped (never upscaled); 0: full size.
     working_size: int = 512
-    #: Decode JPEG 2000 / HTJ2K at the smallest resolution level still >= working_size.
+    #: Decode JPEG 2000 / HTJ2K at the smallest resolution level still >= working_size, and
+    #: 8-bit JPEG baseline at the smallest DCT scale still >= working_size.
     reduced_decode: bool = True
     #: A multi-frame instance: refused, or every frame prepared (and scored) on its own.
     multiframe: MultiFrameMode = "refuse"
@@ -312,6 +314,28 @@ def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
     return arr
 
 
+def _decode_jpeg_scaled(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
+    """An 8-bit grey JPEG baseline frame decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    scale = working_scale(rows, cols, opts.working_size)
+    if scale > 0.5 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1:
+        return None
+    codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(codestream)) as im:
+            if im.mode != "L":
+                return None
+            im.draft("L", (math.ceil(cols * scale), math.ceil(rows * scale)))
+            im.load()
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:  # let the full decoder try and report
+        log.debug("scaled JPEG decoding failed, decoding in full: %s", exc)
+        return None
+    return arr if arr.ndim == 2 else None
+
+
 def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     """The stored pixel values: (frames, rows, cols[, 3]) after :func:`check_header`.
 
@@ -321,6 +345,10 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
     if opts.reduced_decode and ts in J2K_SYNTAXES:
         arr = _decode_j2k_reduced(ds, opts)
+        if arr is not None:
+            return arr[None]
+    if opts.reduced_decode and ts == uid.JPEGBaseline8Bit:
+        arr = _decode_jpeg_scaled(ds, opts)
         if arr is not None:
             return arr[None]
     with warnings.catch_warnings(record=True) as caught:
