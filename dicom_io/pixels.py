@@ -169,8 +169,10 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
 
 def number_of_frames(ds: Dataset) -> int:
     n = ds.get("NumberOfFrames", 1)
+    if n is None or n == "":
+        return 1
     try:
-        n = int(n or 1)
+        n = int(n)
     except (TypeError, ValueError) as exc:
         raise InvalidInstance(f"NumberOfFrames {n!r} is not a number") from exc
     if n < 1:
@@ -184,6 +186,8 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         raise PixelDecodeError(
             f"no pixel data ({other[0]} is not supported)" if other else "no pixel data (7FE0,0010)")
+    if not ds.PixelData:
+        raise PixelDecodeError("no pixel data: the Pixel Data element (7FE0,0010) is empty")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if rows < 1 or cols < 1:
         raise InvalidInstance(f"Rows x Columns {rows} x {cols} is empty")
@@ -223,6 +227,11 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
             raise InvalidInstance(
                 f"truncated pixel data: {actual} bytes, but Rows {rows} x Columns {cols} x "
                 f"{frames} frame(s) x {samples} sample(s) x {allocated} bits need {expected}")
+        if actual - expected >= expected // frames:  # padding is a byte or so, not a whole frame
+            raise InvalidInstance(
+                f"the pixel data ({actual} bytes) is at least a frame longer than Rows {rows} x "
+                f"Columns {cols} x {frames} frame(s) x {samples} sample(s) x {allocated} bits "
+                f"({expected}): the attributes contradict the data")
 
 
 def _check_codestreams(ds: Dataset, frames: int) -> None:
@@ -292,6 +301,11 @@ def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
     if header is None:
         return None
     precision, signed, levels = header
+    width = int.from_bytes(codestream[8:12], "big") - int.from_bytes(codestream[16:20], "big")
+    height = int.from_bytes(codestream[12:16], "big") - int.from_bytes(codestream[20:24], "big")
+    if (height, width) != (rows, cols):
+        raise InvalidInstance(f"Rows x Columns {rows} x {cols} contradict the JPEG 2000 "
+                              f"codestream's {height} x {width}")
     if signed or precision > 16:
         return None
     reduce = min(wanted, levels)
@@ -327,6 +341,9 @@ def _decode_jpeg_scaled(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
         with Image.open(io.BytesIO(codestream)) as im:
             if im.mode != "L":
                 return None
+            if im.size != (cols, rows):
+                raise InvalidInstance(f"Rows x Columns {rows} x {cols} contradict the JPEG "
+                                      f"codestream's {im.size[1]} x {im.size[0]}")
             im.draft("L", (math.ceil(cols * scale), math.ceil(rows * scale)))
             im.load()
             arr = np.asarray(im)
@@ -346,6 +363,7 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     if opts.reduced_decode and ts in J2K_SYNTAXES:
         arr = _decode_j2k_reduced(ds, opts)
         if arr is not None:
+            _check_value_range(arr, ds)
             return arr[None]
     if opts.reduced_decode and ts == uid.JPEGBaseline8Bit:
         arr = _decode_jpeg_scaled(ds, opts)
@@ -361,6 +379,8 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     for w in caught:
         log.debug("pixel decoding: %s", w.message)
     arr = np.asarray(arr)
+    if ts is not None and ts.is_compressed:
+        _check_value_range(arr, ds)
     samples = int(ds.get("SamplesPerPixel", 1))
     frames = number_of_frames(ds)
     if frames == 1:
@@ -369,6 +389,22 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
         raise PixelDecodeError(f"decoded pixel array of shape {arr.shape} does not fit "
                                f"{frames} frame(s) of {samples} sample(s)")
     return _honour_high_bit(arr, ds)
+
+
+def _check_value_range(arr: np.ndarray, ds: Dataset) -> None:
+    """Decoded grey values must fit Bits Stored: a codec returns what the codestream holds."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        return
+    stored = int(ds.get("BitsStored", 0) or 0)
+    if not stored or stored >= 32:
+        return
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+    amin, amax = int(arr.min()), int(arr.max())
+    if amin < lo or amax > hi:
+        raise InvalidInstance(
+            f"decoded values {amin}..{amax} do not fit Bits Stored {stored} "
+            f"({'signed' if signed else 'unsigned'}): the attributes contradict the codestream")
 
 
 def _honour_high_bit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
