@@ -17,8 +17,8 @@ def render_status(db: Database, *, limit: int = 20) -> str:
         lines.append("deliveries: " + (", ".join(f"{k.value} {v}" for k, v in sorted(
             dstate.items(), key=lambda kv: kv[0].value)) or "none"))
         lines.append("")
-        lines.append(f"{'LAST RECEIVED (UTC)':<20} {'STATE':<11} {'PRIORITY':<8} {'PROB':>5}  "
-                     f"{'VIEWS':>5}  STUDY INSTANCE UID")
+        lines.append(f"{'LAST RECEIVED (UTC)':<20} {'STATE':<11} {'TYPE':<8} {'PRIORITY':<8} "
+                     f"{'PROB':>5}  {'VIEWS':>5}  STUDY INSTANCE UID")
         studies = s.scalars(select(Study).order_by(Study.last_received_at.desc()).limit(limit)).all()
         for st in studies:
             result = s.scalars(select(StudyResult).where(
@@ -26,10 +26,19 @@ def render_status(db: Database, *, limit: int = 20) -> str:
                 .order_by(StudyResult.id.desc()).limit(1)).first()
             prob = "-" if result is None or result.probability is None else f"{result.probability:.3f}"
             prio = "-" if result is None else result.priority
-            lines.append(f"{st.last_received_at:%Y-%m-%d %H:%M:%S} {st.state.value:<11} {prio:<8} "
-                         f"{prob:>5}  {len(st.instances):>5}  {st.study_instance_uid}")
+            kind = (result.study_type if result is not None else None) or "-"
+            lines.append(f"{st.last_received_at:%Y-%m-%d %H:%M:%S} {st.state.value:<11} {kind:<8} "
+                         f"{prio:<8} {prob:>5}  {len(st.instances):>5}  {st.study_instance_uid}")
             if st.state_reason:
                 lines.append(f"    reason: {st.state_reason}")
+            if result is not None and not result.analysed and result.reason:
+                lines.append(f"    not analysed: {result.reason}")
+            elif result is not None:
+                skipped = [sc for sc in result.scores if sc.error]
+                if skipped:
+                    lines.append(f"    {len(result.scores) - len(skipped)} of {len(result.scores)} "
+                                 "views analysed; not analysed:")
+                    lines.extend(f"      {sc.instance.sop_instance_uid}: {sc.error}" for sc in skipped)
         waiting = s.scalars(select(Delivery).where(
             Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD]))
             .order_by(Delivery.next_attempt_at).limit(limit)).all()

@@ -245,6 +245,9 @@ class StudyScorer:
             kind = EventKind.SCORED if report.probability is not None else EventKind.NOT_ANALYSED
             s.add(Event(at=now, study_id=study_id, kind=kind, detail=result.series_description))
             result_id = result.id
+        for o in outcomes:
+            if o.error and report.probability is not None:
+                slog.info("view %s not analysed: %s", o.sop_instance_uid, o.error)
         if report.probability is None:
             slog.warning("not analysed: %s", report.reason)
         else:

@@ -29,6 +29,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, gen
 
 from daemon.cli import main
 from daemon.config import parse_config
+from daemon.status import render_status
 from daemon.worker import StudyScorer
 from db import Instance, Study, StudyResult, StudyState
 from dicom_io.bodypart import SelectionRules
@@ -377,6 +378,12 @@ def test_study_scorer_records_every_bad_view(tmp_path, database, mixed):
     assert evidence == set(kind_of)  # every received view is referenced, scored or not
 
     assert {kind: digest(p) for kind, p in stored.items()} == before  # nothing deleted or changed
+
+    status = render_status(database)  # what `radtriage status` prints
+    assert f"1 of {len(mixed)} views analysed; not analysed:" in status
+    assert "WRIST" in status
+    for error in errors.values():
+        assert error in status
 
 
 def test_study_scorer_study_of_bad_views_only(tmp_path, database, only_bad):
