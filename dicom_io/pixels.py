@@ -47,7 +47,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom import uid
 
 from dicom_io.errors import InvalidInstance, PixelDecodeError, UnsupportedInstance
@@ -64,6 +64,10 @@ GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 J2K_SYNTAXES = frozenset({uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless,
                           uid.HTJ2KLosslessRPCL, uid.HTJ2K})
+#: Grey levels (of 255): a uniform border line darker than PEEL_DARK is padding or bare
+#: background, brighter than BORDER_BRIGHT collimation; a background class darker than
+#: BORDER_DARK is the exposed background.
+PEEL_DARK, BORDER_DARK, BORDER_BRIGHT = 12, 40, 150
 #: The percentiles of the fallback window when a view carries no VOI (robust to outliers).
 PERCENTILE_WINDOW = (0.5, 99.5)
 
@@ -359,7 +363,9 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     JPEG 2000 may come back at a reduced resolution level (fewer rows and columns).
     """
     check_header(ds, opts)
-    ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        raise InvalidInstance("no Transfer Syntax UID (0002,0010): the file meta information is missing")
     if opts.reduced_decode and ts in J2K_SYNTAXES:
         arr = _decode_j2k_reduced(ds, opts)
         if arr is not None:
@@ -411,11 +417,18 @@ def _honour_high_bit(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     """pydicom reads stored bits from bit 0; a legacy High Bit above Bits Stored - 1 shifts them."""
     stored, high_bit = int(ds.get("BitsStored", 0) or 0), int(ds.get("HighBit", -1) or -1)
     allocated = int(ds.BitsAllocated)
-    if not stored or high_bit in (-1, stored - 1) or ds.file_meta.TransferSyntaxUID.is_compressed:
+    ts = ds.file_meta.TransferSyntaxUID
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    if (not stored or high_bit in (-1, stored - 1) or ts.is_compressed or allocated not in (8, 16, 32)
+            or photometric.startswith("YBR")):  # YBR: pydicom's conversion to RGB is kept
         return arr
-    raw = np.frombuffer(ds.PixelData, dtype=f"<u{allocated // 8}")[:arr.size].reshape(arr.shape)
-    if ds.file_meta.TransferSyntaxUID == uid.ExplicitVRBigEndian:
+    raw = np.frombuffer(ds.PixelData, dtype=f"<u{allocated // 8}")[:arr.size]
+    if ts == uid.ExplicitVRBigEndian:
         raw = raw.byteswap()
+    if arr.ndim == 4 and int(ds.get("PlanarConfiguration", 0) or 0) == 1:  # R plane, G plane, B plane
+        raw = raw.reshape(arr.shape[0], 3, *arr.shape[1:3]).transpose(0, 2, 3, 1)
+    else:
+        raw = raw.reshape(arr.shape)
     values = (raw >> (high_bit + 1 - stored)) & ((1 << stored) - 1)
     if int(ds.get("PixelRepresentation", 0)) == 1:
         values = values.astype(np.int64)
@@ -450,6 +463,21 @@ def downscale(values: np.ndarray, scale: float) -> np.ndarray:
     h, w = values.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+
+
+def _downscale_masked(values: np.ndarray, mask: np.ndarray | None,
+                      scale: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """Area-downscale the values of the non-padding pixels only; a pixel that is mostly padding
+    stays padding, and padding never bleeds into its neighbours."""
+    if scale >= 1.0:
+        return values, mask
+    if mask is None:
+        return downscale(values, scale), None
+    keep = (~mask).astype(np.float32)
+    weight = downscale(keep, scale)
+    total = downscale(values * keep, scale)
+    averaged = np.divide(total, weight, out=np.zeros_like(total), where=weight > 0)
+    return averaged, weight < 0.5
 
 
 def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
@@ -493,12 +521,10 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
     elif ds.get("VOILUTSequence"):
         item = ds.VOILUTSequence[0]
         try:
-            bits = int(item.LUTDescriptor[2])
-            out = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True)
-            top = float((1 << bits) - 1) if bits > 0 else float(np.max(item.LUTData) or 1)
-            return np.clip(out.astype(np.float32) / top, 0.0, 1.0), "VOI LUT sequence"
+            out, bits = lut_lookup(values, item)
         except (AttributeError, ValueError, TypeError, IndexError) as exc:
             raise InvalidInstance(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
+        return np.clip(out / float((1 << bits) - 1), 0.0, 1.0), "VOI LUT sequence"
     anatomy = values[~mask] if mask is not None else values.reshape(-1)
     if anatomy.size == 0:
         anatomy = values.reshape(-1)
@@ -506,6 +532,30 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
     if hi <= lo:
         hi = lo + 1.0
     return np.clip((values.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0), "percentile window"
+
+
+def lut_lookup(values: np.ndarray, item: Dataset) -> tuple[np.ndarray, int]:
+    """A Modality or VOI LUT Sequence item applied to ``values``: (float32 output, its bits).
+
+    PS3.3 C.11.1.1.1 / C.11.2.1.1: LUT Descriptor [entries (0 = 65536), first value mapped, bits];
+    an input below the first value mapped takes the first entry, above the last the last one.
+    Done here rather than by pydicom 3.0's apply_voi, which indexes through an array of the
+    LUT's own data type, so inputs more than 255 (8-bit) or 65535 (16-bit) past the first value
+    mapped wrap round instead of clamping.
+    """
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):
+        table = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) >= 2 * entries else "u1")
+    else:
+        table = np.asarray(data if isinstance(data, (list, tuple)) or hasattr(data, "__len__")
+                           else [data], dtype=np.int64)
+    table = table[:entries].astype(np.float32)
+    if table.size == 0 or not 1 <= bits <= 16:
+        raise ValueError(f"LUT Descriptor {list(item.LUTDescriptor)} with {table.size} entries")
+    index = np.clip(np.rint(values).astype(np.int64) - first, 0, table.size - 1)
+    return table[index], bits
 
 
 def inverted(ds: Dataset) -> bool:
@@ -523,13 +573,14 @@ def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions) 
     mask = padding_mask(stored, ds)
     scale = working_scale(*stored.shape, opts.working_size)
     if "ModalityLUTSequence" in ds:  # a non-linear LUT: apply it before averaging pixels
-        values = apply_modality_lut(stored, ds).astype(np.float32)
-        values = downscale(values, scale)
+        try:
+            values, _bits = lut_lookup(stored, ds.ModalityLUTSequence[0])
+        except (AttributeError, ValueError, TypeError, IndexError) as exc:
+            raise InvalidInstance(f"the Modality LUT Sequence cannot be applied: {exc}") from exc
+        values, mask = _downscale_masked(values, mask, scale)
     else:
-        values = downscale(stored.astype(np.float32), scale)
+        values, mask = _downscale_masked(stored.astype(np.float32), mask, scale)
         values = apply_modality_lut(values, ds).astype(np.float32)
-    if mask is not None and scale < 1.0:
-        mask = downscale(mask.astype(np.float32), scale) > 0.5
     shown, _how = voi(values, ds, mask)
     if inverted(ds):
         shown = 1.0 - shown
@@ -577,51 +628,124 @@ def to_display(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray
 # -- preparation (pure) -------------------------------------------------------------------------
 
 
-def _strip_uniform_borders(grey: np.ndarray, max_fraction: float = 0.35,
-                           tolerance: float = 6.0) -> tuple[int, int, int, int]:
-    """The box left after peeling rows and columns that are all one level (collimation, padding)."""
+def _strip_uniform_borders(grey: np.ndarray, max_fraction: float = 0.35) -> tuple[int, int, int, int]:
+    """The box left after peeling rows and columns without structure (collimation, padding).
+
+    A side's outermost line is peeled while it is dark (padding, exposed background) or bright
+    (collimation) and its standard deviation is under a quarter of a typical line's (at least 3
+    grey levels), side after side until none moves, so black padding on top and collimation on
+    the sides both go even where they meet. Mid-grey lines (soft tissue) are never peeled. At
+    most ``max_fraction`` of the view is peeled from any side.
+    """
     h, w = grey.shape
-    g = grey.astype(np.float32)
-    row_sd, col_sd = g.std(axis=1), g.std(axis=0)
+    g = cv2.GaussianBlur(grey, (3, 3), 0).astype(np.float32)
+    typical = float(np.median(np.concatenate([g.std(axis=1), g.std(axis=0)])))
+    threshold = max(3.0, 0.25 * typical)
     y0, y1, x0, x1 = 0, h, 0, w
-    while y0 < int(h * max_fraction) and row_sd[y0] < tolerance:
-        y0 += 1
-    while h - y1 < int(h * max_fraction) and row_sd[y1 - 1] < tolerance:
-        y1 -= 1
-    while x0 < int(w * max_fraction) and col_sd[x0] < tolerance:
-        x0 += 1
-    while w - x1 < int(w * max_fraction) and col_sd[x1 - 1] < tolerance:
-        x1 -= 1
+    ymax, xmax = int(h * max_fraction), int(w * max_fraction)
+
+    def border(line: np.ndarray) -> bool:
+        mean = float(line.mean())
+        return (mean < PEEL_DARK or mean > BORDER_BRIGHT) and float(line.std()) < threshold
+
+    moved = True
+    while moved:
+        moved = False
+        if y0 < ymax and border(g[y0, x0:x1]):
+            y0, moved = y0 + 1, True
+        if h - y1 < ymax and border(g[y1 - 1, x0:x1]):
+            y1, moved = y1 - 1, True
+        if x0 < xmax and border(g[y0:y1, x0]):
+            x0, moved = x0 + 1, True
+        if w - x1 < xmax and border(g[y0:y1, x1 - 1]):
+            x1, moved = x1 - 1, True
     return y0, y1, x0, x1
 
 
-def anatomy_box(grey: np.ndarray, *, min_fraction: float = 0.1,
+def _collimation(blurred: np.ndarray, side_share: float = 0.25) -> np.ndarray:
+    """Bright, locally flat regions that run along a good part of the view's edge.
+
+    Collimation that is not aligned with the image axes (the usual case) makes no uniform row
+    or column to peel; it is a bright flat band along the edges instead. A bone that enters the
+    view from an edge is bright and flat too, but touches the edge only over its width.
+    """
+    g = blurred.astype(np.float32)
+    mean = cv2.blur(g, (9, 9))
+    local_sd = np.sqrt(np.maximum(cv2.blur(g * g, (9, 9)) - mean * mean, 0))
+    flat = ((g > BORDER_BRIGHT) & (local_sd < 6)).astype(np.uint8)
+    n, labels = cv2.connectedComponents(flat, connectivity=8)
+    if n <= 1:
+        return np.zeros(g.shape, bool)
+    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    touching = np.bincount(rim, minlength=n)
+    wide = np.nonzero(touching >= side_share * min(g.shape))[0]
+    wide = wide[wide != 0]
+    if wide.size == 0:
+        return np.zeros(g.shape, bool)
+    # with the rim it blurs into the view: that is no anatomy either
+    band = np.isin(labels, wide).astype(np.uint8)
+    return cv2.dilate(band, np.ones((15, 15), np.uint8)).astype(bool)
+
+
+def _content_mask(inner: np.ndarray) -> np.ndarray:
+    """What is anatomy in a view without its borders: not dark background, not collimation, or edges.
+
+    Bone is bright and the exposed background dark in a displayed view. Otsu's threshold splits
+    the view (collimation left out) in two; where the darker class is dark (under
+    ``BORDER_DARK``), a real share of the view and well apart from the brighter class (an
+    exposed background), the brighter class is content, else everything is: a view without a
+    clear background is not cut on a threshold that noise could move. Canny's edges of the
+    CLAHE-equalised view (thresholds from the median), joined by a morphological close, are
+    content too: faint soft tissue has edges. Collimation bands (:func:`_collimation`) are
+    never content.
+    """
+    blurred = cv2.GaussianBlur(inner, (5, 5), 0)
+    collimation = _collimation(blurred)
+    content = np.ones(inner.shape, bool)
+    sample = blurred[~collimation]
+    if sample.size:
+        threshold, _ = cv2.threshold(sample.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        dark = sample <= threshold
+        if 0.05 < float(dark.mean()) < 0.95:
+            lo, hi = float(sample[dark].mean()), float(sample[~dark].mean())
+            if lo < BORDER_DARK and hi - lo > 40:
+                content = blurred > threshold
+    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(inner)
+    smooth = cv2.GaussianBlur(equalised, (5, 5), 0)
+    median = float(np.median(smooth))
+    edges = cv2.Canny(smooth, int(max(0, 0.67 * median)), int(min(255, 1.33 * median)) or 1)
+    k = max(3, int(round(min(inner.shape) * 0.03)) | 1)
+    closed = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return (content | closed.astype(bool)) & ~collimation
+
+
+def anatomy_box(grey: np.ndarray, *, min_fraction: float = 0.05,
                 keep_fraction: float = 0.15, margin: float = 0.03) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): the bounding box of the anatomy in a displayed view.
 
-    Uniform borders (collimation, padding) are peeled first; then CLAHE, Canny edges with
-    thresholds from the median, a morphological close that joins the edges of one structure, and
-    the connected components: the largest, and those at least ``keep_fraction`` of its area, make
-    the box, so burned-in text and markers (small, apart) fall away. A box smaller than
-    ``min_fraction`` of the view, or no edges at all, gives the whole view.
+    Borders without structure (collimation, padding) are peeled first; in what is left, the
+    content (:func:`_content_mask`: not dark background, or edges) is opened so thin strokes
+    (burned-in text, markers, lines) fall apart, and the connected components at least
+    ``keep_fraction`` of the largest one's area make the box, with a ``margin``. A view with
+    no structure, or a box under ``min_fraction`` of the view, gives the whole view: when in
+    doubt, nothing is cut.
     """
     h, w = grey.shape
-    by0, by1, bx0, bx1 = _strip_uniform_borders(grey)
-    inner = grey[by0:by1, bx0:bx1]
-    if inner.size == 0 or min(inner.shape) < 16:
+    if float(grey.std()) < 2.0:
         return 0, h, 0, w
-    equalised = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(inner)
-    blurred = cv2.GaussianBlur(equalised, (5, 5), 0)
-    median = float(np.median(blurred))
-    edges = cv2.Canny(blurred, int(max(0, 0.67 * median)), int(min(255, 1.33 * median)) or 1)
-    k = max(3, int(round(min(inner.shape) * 0.03)) | 1)
-    closed = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, _labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=8)
+    by0, by1, bx0, bx1 = _strip_uniform_borders(grey)
+    inner = np.ascontiguousarray(grey[by0:by1, bx0:bx1])
+    if min(inner.shape) < 16:
+        return 0, h, 0, w
+    content = _content_mask(inner).astype(np.uint8)
+    k = max(3, int(round(min(inner.shape) * 0.02)) | 1)
+    opened = cv2.morphologyEx(content, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, _labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     if n <= 1:
-        return by0, by1, bx0, bx1
+        return 0, h, 0, w
     comps = stats[1:]
-    box_areas = comps[:, cv2.CC_STAT_WIDTH] * comps[:, cv2.CC_STAT_HEIGHT]
-    keep = comps[box_areas >= keep_fraction * box_areas.max()]
+    areas = comps[:, cv2.CC_STAT_AREA]
+    keep = comps[areas >= keep_fraction * areas.max()]
     x0 = int(keep[:, cv2.CC_STAT_LEFT].min())
     y0 = int(keep[:, cv2.CC_STAT_TOP].min())
     x1 = int((keep[:, cv2.CC_STAT_LEFT] + keep[:, cv2.CC_STAT_WIDTH]).max())
