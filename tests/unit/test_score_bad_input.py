@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +37,7 @@ from dicom_io.pixels import DecodeOptions, Preprocessing
 from dicom_io.prepare import prepare_view
 from dicom_io.storage import instance_relpath
 from dicom_io.synthetic import StudySpec, make_instance
-from inference.model import ModelCard
+from tests.fakes import FixedScorer
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -278,21 +278,6 @@ def test_score_table_lists_the_reasons(tmp_path, mixed, untrained_checkpoint):
 
 
 # -- StudyScorer: database rows, the SR, the stored files ---------------------------------------
-
-
-@dataclass
-class FixedScorer:
-    """A stand-in model: every prepared view gets ``probability``; records batch sizes."""
-
-    probability: float
-    card: ModelCard = ModelCard(name="fixed-test", version="9.9", trained=False)
-
-    def __post_init__(self) -> None:
-        self.calls: list[int] = []
-
-    def score(self, views):  # type: ignore[no-untyped-def]
-        self.calls.append(len(views))
-        return [self.probability] * len(views)
 
 
 def _store(tmp_path: Path, database, files: dict[str, Path]) -> dict[str, Path]:  # type: ignore[no-untyped-def]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -15,25 +14,10 @@ from daemon.config import parse_config
 from daemon.worker import StudyScorer, recover
 from db import Delivery, DeliveryState, Instance, Study, StudyResult, StudyState
 from dicom_io.storage import instance_relpath
-from inference.model import ModelCard
 from tests.conftest import write_study
+from tests.fakes import FixedScorer
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@dataclass
-class FixedScorer:
-    """A stand-in model: every prepared view gets ``probability``; records what it saw."""
-
-    probability: float
-    card: ModelCard = ModelCard(name="fixed-test", version="9.9", trained=False)
-
-    def __post_init__(self) -> None:
-        self.calls: list[int] = []
-
-    def score(self, views):  # type: ignore[no-untyped-def]
-        self.calls.append(len(views))
-        return [self.probability] * len(views)
 
 
 def _setup(tmp_path: Path, database, views: int = 2):  # type: ignore[no-untyped-def]

@@ -1,0 +1,21 @@
+"""Stand-ins for the outside systems the tests do not need for real."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inference.model import ModelCard
+
+
+@dataclass
+class FixedScorer:
+    """A stand-in model: every prepared view gets ``probability``; records the batch sizes it saw."""
+
+    probability: float
+    card: ModelCard = ModelCard(name="fixed-test", version="9.9", trained=False)
+
+    def __post_init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, views):  # type: ignore[no-untyped-def]
+        self.calls.append(len(views))
+        return [self.probability] * len(views)
