@@ -108,6 +108,12 @@ class Service:
         cfg.storage.path.mkdir(parents=True, exist_ok=True)
         scorer = self._scorer or load_scorer(cfg)
         self.pool = build_pool(cfg, model_preprocessing(cfg, scorer.card))
+        p, o = self.pool.prep, self.pool.opts
+        log.info("preprocessing %d px %s, crop %s, CLAHE %s; decoding at %s, reduced decoding %s, "
+                 "multi-frame %s, %d preparation process(es)", p.size, p.resize,
+                 "on" if p.crop else "off", "on" if p.clahe else "off",
+                 f"{o.working_size} px" if o.working_size else "full size",
+                 "on" if o.reduced_decode else "off", o.multiframe, self.pool.workers)
         self.db = Database(cfg.database.url)
         try:
             self.db.migrate()
