@@ -9,6 +9,7 @@ again once it is complete. A crash at any point is recovered by :func:`recover` 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 from io import BytesIO
@@ -24,7 +25,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
 from daemon.config import Config
-from daemon.logs import study_logger
+from daemon.logs import setup_logging, study_logger
 from db import (
     Association,
     Database,
@@ -117,7 +118,9 @@ def build_pool(config: Config, prep: Preprocessing) -> PreparePool:
     d = config.decoding
     opts = DecodeOptions(working_size=d.working_size, reduced_decode=d.reduced_decode,
                          multiframe=d.multiframe, max_pixels=config.limits.max_pixels)
-    return PreparePool(prep, opts, config.scoring.rules(), workers=d.workers)
+    log_setup = functools.partial(setup_logging, config.logging.level, phi=config.logging.phi,
+                                  file=config.logging.file)
+    return PreparePool(prep, opts, config.scoring.rules(), workers=d.workers, log_setup=log_setup)
 
 
 class StudyScorer:

@@ -243,10 +243,26 @@ def _text(ds: Dataset, keyword: str) -> str:
     return " ".join(_values(ds, keyword)).strip()
 
 
+#: DICOM Body Part Examined defined terms (PS3.16 Annex L) of regions outside the upper limb: a
+#: view that says so is of that region, whatever the study's descriptions mention.
+OTHER_BODY_PARTS: frozenset[str] = frozenset({
+    "ABDOMEN", "ANKLE", "BREAST", "CALCANEUS", "CHEST", "CLAVICLE", "COCCYX", "CSPINE",
+    "FEMUR", "FOOT", "HEAD", "HEEL", "HIP", "JAW", "KNEE", "LEG", "LSPINE", "LOWEREXTREMITY",
+    "LOWER_EXTREMITY", "NECK", "PATELLA", "PELVIS", "RIB", "RIBS", "SACRUM", "SKULL", "SPINE",
+    "SSPINE", "TSPINE", "TIBIA", "FIBULA", "TOE", "TOES", "WHOLEBODY", "WHOLE_BODY", "ZYGOMA",
+    "NOSE", "ORBIT", "MANDIBLE", "SINUS", "SCAPULA", "STERNUM", "THORAX", "TMJ",
+})
+
+
 def study_type_of(ds: Dataset, body_parts: Mapping[str, Sequence[str]] = DEFAULT_BODY_PARTS,
                   ignored: Sequence[str] = DEFAULT_IGNORED_WORDS) -> str | None:
     """Look at Body Part Examined, then Protocol Name, Series Description, Study Description; the
-    first field that names a study type decides. None when none does."""
+    first field that names a study type decides. None when none does, or when Body Part Examined
+    is a defined term of another region (:data:`OTHER_BODY_PARTS`): a KNEE view in a study
+    described as "HAND AND KNEE" is no HAND."""
+    if _text(ds, "BodyPartExamined").strip().upper().replace(" ", "") in OTHER_BODY_PARTS \
+            and study_type_from_text(_text(ds, "BodyPartExamined"), body_parts, ignored) is None:
+        return None
     for keyword in TEXT_FIELDS:
         study_type = study_type_from_text(_text(ds, keyword), body_parts, ignored)
         if study_type is not None:
@@ -321,8 +337,14 @@ def select_view(ds: Dataset, rules: SelectionRules = SelectionRules()) -> ViewSe
     if for_processing and not rules.score_for_processing:
         return not_scored("for-processing images are not scored")
     if study_type is None and rules.unmapped_body_part == "not_analysed":
-        seen = next((t for t in (_text(ds, k) for k in TEXT_FIELDS) if t), "")
-        return not_scored(f"body part not supported: {_shown(seen)}" if seen
+        # Only Body Part Examined (a coded string) is quoted: the descriptions are free text that
+        # may carry patient data, and this reason reaches logs, the database and the SR.
+        part = _text(ds, "BodyPartExamined")
+        if part:
+            return not_scored(f"body part not supported: {_shown(part)}")
+        described = any(_text(ds, k) for k in TEXT_FIELDS)
+        return not_scored("body part not supported: no Body Part Examined, and the descriptions "
+                          "name no supported body part" if described
                           else "body part not supported: no body part or description")
     return ViewSelection(scored=True, study_type=study_type, reason=None)
 

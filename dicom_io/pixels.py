@@ -37,6 +37,7 @@ import logging
 import math
 import struct
 import warnings
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -48,6 +49,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels.utils import _get_jpg_parameters  # JPEG / JPEG-LS SOF parser
 from pydicom import uid
 
 from dicom_io.errors import InvalidInstance, PixelDecodeError, UnsupportedInstance
@@ -149,8 +151,11 @@ class DecodeOptions:
 def read_dataset(path: Path | str) -> Dataset:
     try:
         return pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidInstance(f"not a readable DICOM file: {exc}") from exc
+    except OSError:
+        raise
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+            struct.error, zlib.error, UnicodeDecodeError, OverflowError) as exc:
+        raise InvalidInstance(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
 
 
 def transfer_syntax_name(ds: Dataset) -> str:
@@ -238,18 +243,39 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
                 f"({expected}): the attributes contradict the data")
 
 
+def codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 codestream declares; None if not parsed."""
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # J2K: SOC, SIZ
+        width = int.from_bytes(frame[8:12], "big") - int.from_bytes(frame[16:20], "big")
+        height = int.from_bytes(frame[12:16], "big") - int.from_bytes(frame[20:24], "big")
+        return height, width
+    if frame[:2] == b"\xff\xd8":
+        info = _get_jpg_parameters(frame)
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"])
+    return None
+
+
 def _check_codestreams(ds: Dataset, frames: int) -> None:
-    """Every JPEG, JPEG-LS and JPEG 2000 frame must end with its EOI marker (FFD9).
+    """Every JPEG, JPEG-LS and JPEG 2000 frame must end with its EOI marker (FFD9) and declare
+    the Rows x Columns of the header.
 
     Their decoders return a truncated stream's missing rows as garbage without a word, so a
-    frame cut short in transit would be scored as if it were whole.
+    frame cut short in transit would be scored as if it were whole; and a codestream may
+    declare a far larger image than the header, which would get past ``limits.max_pixels``.
     """
+    rows, cols = int(ds.Rows), int(ds.Columns)
     try:
         for number, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=frames), 1):
             if b"\xff\xd9" not in frame[-16:]:  # FFD9 cannot occur inside entropy-coded data
                 raise PixelDecodeError(
                     f"truncated pixel data: frame {number} of {frames} has no end-of-image marker "
                     f"({transfer_syntax_name(ds)})")
+            size = codestream_size(frame)
+            if size is not None and size != (rows, cols):  # also keeps limits.max_pixels honest
+                raise InvalidInstance(
+                    f"Rows x Columns {rows} x {cols} contradict frame {number}'s codestream of "
+                    f"{size[0]} x {size[1]} ({transfer_syntax_name(ds)})")
     except (ValueError, struct.error) as exc:
         raise PixelDecodeError(f"the encapsulated pixel data cannot be read "
                               f"({transfer_syntax_name(ds)}): {exc}") from exc
@@ -295,7 +321,8 @@ def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
     """Stored values at a reduced resolution level, or None where that is not possible here."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     wanted = _reduction_levels(rows, cols, opts.working_size)
-    if wanted == 0 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1:
+    if (wanted == 0 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1
+            or "PixelPaddingValue" in ds):  # a resolution level blends padding into the anatomy
         return None
     try:
         codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -305,6 +332,8 @@ def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
     if header is None:
         return None
     precision, signed, levels = header
+    if signed != (int(ds.get("PixelRepresentation", 0)) == 1):  # pydicom reconciles; we cannot
+        return None
     width = int.from_bytes(codestream[8:12], "big") - int.from_bytes(codestream[16:20], "big")
     height = int.from_bytes(codestream[12:16], "big") - int.from_bytes(codestream[20:24], "big")
     if (height, width) != (rows, cols):
@@ -327,8 +356,9 @@ def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
         return None
     if arr.ndim != 2:
         return None
-    if arr.dtype == np.uint16 and precision < 16:  # Pillow scales to 16 bits: undo it
-        arr = arr >> (16 - precision)
+    shift = arr.dtype.itemsize * 8 - precision  # Pillow scales to 8 or 16 bits: undo it
+    if shift > 0:
+        arr = arr >> shift
     return arr
 
 
@@ -336,7 +366,8 @@ def _decode_jpeg_scaled(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
     """An 8-bit grey JPEG baseline frame decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     scale = working_scale(rows, cols, opts.working_size)
-    if scale > 0.5 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1:
+    if (scale > 0.5 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1
+            or int(ds.get("PixelRepresentation", 0)) == 1 or "PixelPaddingValue" in ds):
         return None
     codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
     from PIL import Image
@@ -521,7 +552,8 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
     elif ds.get("VOILUTSequence"):
         item = ds.VOILUTSequence[0]
         try:
-            out, bits = lut_lookup(values, item)
+            out, bits = lut_lookup(values, item, signed_input=_modality_can_be_negative(ds),
+                                   big_endian=_big_endian(ds))
         except (AttributeError, ValueError, TypeError, IndexError) as exc:
             raise InvalidInstance(f"the VOI LUT Sequence cannot be applied: {exc}") from exc
         return np.clip(out / float((1 << bits) - 1), 0.0, 1.0), "VOI LUT sequence"
@@ -534,20 +566,30 @@ def voi(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> tuple[np.nd
     return np.clip((values.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0), "percentile window"
 
 
-def lut_lookup(values: np.ndarray, item: Dataset) -> tuple[np.ndarray, int]:
+def lut_lookup(values: np.ndarray, item: Dataset, *, signed_input: bool = False,
+               big_endian: bool = False) -> tuple[np.ndarray, int]:
     """A Modality or VOI LUT Sequence item applied to ``values``: (float32 output, its bits).
 
     PS3.3 C.11.1.1.1 / C.11.2.1.1: LUT Descriptor [entries (0 = 65536), first value mapped, bits];
     an input below the first value mapped takes the first entry, above the last the last one.
+    The descriptor's VR is US or SS depending on the input: the values are taken as unsigned
+    16-bit, the first value mapped as signed where the input can be negative
+    (``signed_input``). LUT Data as OW bytes is read in the file's byte order.
     Done here rather than by pydicom 3.0's apply_voi, which indexes through an array of the
     LUT's own data type, so inputs more than 255 (8-bit) or 65535 (16-bit) past the first value
     mapped wrap round instead of clamping.
     """
-    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    with warnings.catch_warnings():  # pydicom warns when US/SS resolves against the values: we
+        warnings.simplefilter("ignore")  # take them as 16-bit words and decide the sign below
+        descriptor = list(item.LUTDescriptor)
+    entries, first, bits = (int(v) & 0xFFFF for v in descriptor)
     entries = entries or 65536
+    if signed_input and first >= 0x8000:  # the first value mapped is SS when the input is signed
+        first -= 0x10000
     data = item.LUTData
-    if isinstance(data, (bytes, bytearray)):
-        table = np.frombuffer(data, dtype="<u2" if bits > 8 or len(data) >= 2 * entries else "u1")
+    if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words in the file's byte order
+        table = np.frombuffer(data, dtype=(">u2" if big_endian else "<u2")
+                              if bits > 8 or len(data) >= 2 * entries else "u1")
     else:
         table = np.asarray(data if isinstance(data, (list, tuple)) or hasattr(data, "__len__")
                            else [data], dtype=np.int64)
@@ -556,6 +598,22 @@ def lut_lookup(values: np.ndarray, item: Dataset) -> tuple[np.ndarray, int]:
         raise ValueError(f"LUT Descriptor {list(item.LUTDescriptor)} with {table.size} entries")
     index = np.clip(np.rint(values).astype(np.int64) - first, 0, table.size - 1)
     return table[index], bits
+
+
+def _big_endian(ds: Dataset) -> bool:
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) == uid.ExplicitVRBigEndian
+
+
+def _modality_can_be_negative(ds: Dataset) -> bool:
+    """Whether the Modality LUT's output (the VOI LUT's input) can be below zero."""
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return True
+    if "ModalityLUTSequence" in ds:
+        return False
+    try:
+        return float(ds.get("RescaleIntercept", 0) or 0) < 0 or float(ds.get("RescaleSlope", 1) or 1) < 0
+    except (TypeError, ValueError):
+        return False
 
 
 def inverted(ds: Dataset) -> bool:
@@ -574,7 +632,9 @@ def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions) 
     scale = working_scale(*stored.shape, opts.working_size)
     if "ModalityLUTSequence" in ds:  # a non-linear LUT: apply it before averaging pixels
         try:
-            values, _bits = lut_lookup(stored, ds.ModalityLUTSequence[0])
+            values, _bits = lut_lookup(stored, ds.ModalityLUTSequence[0],
+                                       signed_input=int(ds.get("PixelRepresentation", 0)) == 1,
+                                       big_endian=_big_endian(ds))
         except (AttributeError, ValueError, TypeError, IndexError) as exc:
             raise InvalidInstance(f"the Modality LUT Sequence cannot be applied: {exc}") from exc
         values, mask = _downscale_masked(values, mask, scale)

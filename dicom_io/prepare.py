@@ -6,7 +6,8 @@ frame (:mod:`dicom_io.pixels`). It never raises: a view that cannot be scored co
 its reason, which the study's report carries ("not analysed: ...").
 
 :class:`PreparePool` runs it in ``workers`` processes (spawned, so no lock or thread of the
-daemon is inherited) so every core decodes while the model scores; ``workers=1`` runs in the
+daemon is inherited) so every core decodes while the model scores, and so a decoder that
+crashes or runs out of memory takes down a worker, not the daemon; ``workers=1`` runs in the
 caller's thread, which is what tests and the single-core case want.
 """
 
@@ -55,6 +56,9 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
         return PreparedView(None, None, str(exc))
     except OSError as exc:
         return PreparedView(None, None, f"cannot read the stored file: {exc.strerror or exc}")
+    except Exception as exc:  # a parser error read_dataset does not know yet: that view's reason
+        log.warning("a stored view could not be read: %s", path, exc_info=True)
+        return PreparedView(None, None, f"not a readable DICOM file: {type(exc).__name__}: {exc}")
     study_type = None
     try:
         selection = select_view(ds, rules)
@@ -67,12 +71,15 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
     except MemoryError:
         return PreparedView(None, study_type, "not enough memory to decode the image")
     except Exception as exc:  # malformed attributes surface as TypeError, cv2.error, ...: that view's error
-        log.warning("a view could not be prepared", exc_info=True)
+        log.warning("a view could not be prepared: %s", path, exc_info=True)
         return PreparedView(None, study_type, f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
 
 
-def _init_worker() -> None:
-    """One thread per worker process: the pool, not OpenCV, spreads the work over the cores."""
+def _init_worker(log_setup: Callable[[], None] | None) -> None:
+    """Logging as the daemon's (a spawned process starts with none), and one thread per worker
+    process: the pool, not OpenCV, spreads the work over the cores."""
+    if log_setup is not None:
+        log_setup()
     import cv2
 
     cv2.setNumThreads(1)
@@ -89,8 +96,10 @@ class PreparePool:
     """Prepares views in ``workers`` processes (0: one per core; 1: in the calling thread)."""
 
     def __init__(self, prep: Preprocessing, opts: DecodeOptions, rules: SelectionRules,
-                 workers: int = 0) -> None:
+                 workers: int = 0, *, log_setup: Callable[[], None] | None = None) -> None:
+        """``log_setup``: a picklable callable each worker runs first to configure its logging."""
         self.prep, self.opts, self.rules = prep, opts, rules
+        self.log_setup = log_setup
         self.workers = workers or default_workers()
         self._executor: Executor | None = None
         #: what a worker runs for one view (a module-level function: it is pickled by name)
@@ -100,12 +109,12 @@ class PreparePool:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker)
+                initializer=_init_worker, initargs=(self.log_setup,))
         return self._executor
 
     def map(self, paths: Sequence[Path | str]) -> list[PreparedView]:
         """Every view's outcome, in order."""
-        if self.workers == 1 or len(paths) <= 1:
+        if self.workers == 1:
             return [self.task(p, self.prep, self.opts, self.rules) for p in paths]
         try:
             return list(self._pool().map(self.task, paths, *self._repeat(len(paths))))

@@ -14,3 +14,11 @@ def crash_on_marked_files(path, prep, opts, rules) -> PreparedView:  # type: ign
     if Path(path).name.startswith("crash"):
         os._exit(3)  # what a segfault in a decoder looks like from outside
     return prepare_view(path, prep, opts, rules)
+
+
+def log_then_prepare(path, prep, opts, rules) -> PreparedView:  # type: ignore[no-untyped-def]
+    """Logs one warning from inside the worker, then prepares as usual."""
+    import logging
+
+    logging.getLogger("dicom_io.prepare").warning("preparing %s", Path(path).name)
+    return prepare_view(path, prep, opts, rules)

@@ -237,7 +237,9 @@ def test_body_part_examined_beats_the_descriptions() -> None:
     ({"ProtocolName": "Elbow 2 views", "SeriesDescription": "Hand", "StudyDescription": "Shoulder"}, "ELBOW"),
     ({"SeriesDescription": "Hand", "StudyDescription": "Shoulder"}, "HAND"),
     ({"StudyDescription": "Shoulder"}, "SHOULDER"),
-    ({"BodyPartExamined": "KNEE", "StudyDescription": "Épaule droite"}, "SHOULDER"),
+    # Body Part Examined names another region: the descriptions are not asked
+    ({"BodyPartExamined": "KNEE", "StudyDescription": "Épaule droite"}, None),
+    ({"BodyPartExamined": "FOOT", "StudyDescription": "Hand/foot survey"}, None),
     ({"BodyPartExamined": "", "ProtocolName": "Finger"}, "FINGER"),
 ])
 def test_the_first_field_that_names_a_type_decides(attributes: dict[str, str], study_type: str) -> None:
@@ -361,16 +363,21 @@ def test_unmapped_body_part_can_be_reported_not_analysed() -> None:
     assert select_view(radiograph(), rules).scored
 
 
-def test_not_analysed_reason_shows_the_first_text_seen_truncated() -> None:
+def test_not_analysed_reason_quotes_body_part_examined_truncated_and_never_a_description() -> None:
     rules = SelectionRules(unmapped_body_part="not_analysed")
     ds = radiograph(BodyPartExamined=None)
-    # an over-long LO, as some modalities write: build it without pydicom's validation
-    ds.add(DataElement("StudyDescription", "LO", "Knee " * 30, validation_mode=pydicom.config.IGNORE))
+    # an over-long CS, as some modalities write: build it without pydicom's validation
+    ds.add(DataElement("BodyPartExamined", "CS", "KNEE " * 30, validation_mode=pydicom.config.IGNORE))
     selection = select_view(ds, rules)
     assert selection.reason is not None
-    assert selection.reason.startswith("body part not supported: 'Knee Knee")
+    assert selection.reason.startswith("body part not supported: 'KNEE KNEE")
     assert selection.reason.endswith("...'")
     assert len(selection.reason) < len("body part not supported: ''") + 66
+    # free text may carry patient data: it is never quoted
+    described = radiograph(BodyPartExamined=None, StudyDescription="Knee - ref. Dr Smith, pt J. DOE")
+    reason = select_view(described, rules).reason
+    assert reason == ("body part not supported: no Body Part Examined, and the descriptions name "
+                      "no supported body part")
     nothing = select_view(radiograph(BodyPartExamined=None), rules)
     assert nothing.reason == "body part not supported: no body part or description"
 

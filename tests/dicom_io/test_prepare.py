@@ -1,6 +1,7 @@
 """dicom_io.prepare: views prepared in worker processes, every failure a reason, never a crash."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_frames
 from dicom_io.prepare import PreparePool, prepare_view
 from dicom_io.synthetic import StudySpec, make_instance
 from tests.conftest import write_study
-from tests.dicom_io.crashing import crash_on_marked_files
+from tests.dicom_io.crashing import crash_on_marked_files, log_then_prepare
 
 PREP, OPTS, RULES = Preprocessing(), DecodeOptions(), SelectionRules()
 
@@ -75,3 +76,16 @@ def test_a_worker_that_dies_costs_only_its_view(views: list[Path], tmp_path: Pat
         assert got[1].tensor is None and "decoder crashed" in got[1].error
         after = pool.map(views[:2])  # a fresh pool serves the next study
     assert all(v.tensor is not None for v in after)
+
+
+def test_workers_log_as_the_daemon_does(views: list[Path], tmp_path: Path) -> None:
+    """Only the spawned workers run ``setup_logging`` here: this process's logging is untouched."""
+    from daemon.logs import setup_logging
+
+    log_file = tmp_path / "radtriage.log"
+    setup = functools.partial(setup_logging, "INFO", phi=False, file=log_file)
+    with PreparePool(PREP, OPTS, RULES, workers=2, log_setup=setup) as pool:
+        pool.task = log_then_prepare
+        assert all(v.tensor is not None for v in pool.map(views[:2]))
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    assert any(f"WARNING dicom_io.prepare [study=-] preparing {views[0].name}" in line for line in lines)
