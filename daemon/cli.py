@@ -4,6 +4,8 @@
     radtriage check-config [PATH]       validate a config file and exit
     radtriage score PATH... [--json]    score files or folders offline (no network, no database)
     radtriage status                    recent studies, queue and deliveries from the database
+    radtriage import-model SRC --out DST --name N --version V   a model file -> a radtriage checkpoint
+    radtriage evaluate CHECKPOINT DATA --out DIR                 metrics and a report
 
 Exit codes: 0 success, 1 runtime failure (model, port, database), 2 invalid configuration or usage.
 """
@@ -184,6 +186,26 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_import_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from inference.checkpoints import import_model_cli
+
+    if args.preprocessing is not None:  # checked here: inference cannot ask dicom_io
+        from dicom_io.pixels import Preprocessing
+
+        try:
+            Preprocessing.from_card(json.loads(args.preprocessing))
+        except (ValueError, TypeError) as exc:
+            print(f"radtriage: --preprocessing: {exc}", file=err)
+            return EXIT_CONFIG
+    return import_model_cli(args, out, err)
+
+
+def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from training.evaluate import evaluate_cli
+
+    return evaluate_cli(args, out, err)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radtriage", description="DICOM triage daemon for radiographs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("import-model", help="convert a model file into a radtriage checkpoint")
+    p.add_argument("src", metavar="SRC", help="the model file to import")
+    p.add_argument("--out", required=True, metavar="DST", help="the checkpoint to write")
+    p.add_argument("--name", required=True, help="model name, shown on every output")
+    p.add_argument("--version", required=True, help="model version, shown on every output")
+    p.add_argument("--arch", choices=["densenet121", "densenet169", "densenet201"], default=None,
+                   help="default: detected from the weights")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="operating point, a probability in (0, 1); default 0.5")
+    p.add_argument("--training-data", default=None, metavar="TEXT", help="what it was trained on")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="unpickle Python objects (runs code from the file): trusted files only")
+    p.add_argument("--untrained", action="store_true", help="mark the model untrained (plumbing tests)")
+    p.add_argument("--description", default=None, metavar="TEXT")
+    p.add_argument("--preprocessing", default=None, metavar="JSON",
+                   help="what it was trained with, e.g. '{\"crop\": false}' (default: the seeds' recipe)")
+    p.add_argument("--metrics", default=None, metavar="JSON")
+    p.add_argument("--half", action="store_true", help="store float16 weights")
+    p.add_argument("--force", action="store_true", help="overwrite DST")
+    p.set_defaults(func=cmd_import_model)
+    from training.evaluate import add_arguments
+
+    p = add_arguments(sub.add_parser("evaluate", help="study-level metrics and a report for a "
+                                     "checkpoint on a MURA layout or DICOM with truth.csv"))
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

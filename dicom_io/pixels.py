@@ -94,8 +94,11 @@ class Preprocessing:
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> "Preprocessing":
-        """The preprocessing a model card records; keys it lacks take the defaults (the MURA recipe).
+        """The preprocessing a model card records.
 
+        A key the card leaves out means the pipeline from before that key existed
+        (:data:`CARD_LEGACY`: squashed, no crop, no CLAHE; the MURA size and ImageNet mean/std),
+        never today's default: a model trained without cropping must not be served cropped.
         Raises ValueError naming keys it does not know, so a card from a newer radtriage is not
         silently served with the wrong preprocessing.
         """
@@ -103,7 +106,7 @@ class Preprocessing:
         unknown = sorted(set(card) - known)
         if unknown:
             raise ValueError(f"unknown preprocessing keys in the model card: {', '.join(unknown)}")
-        values = dict(card)
+        values = {**CARD_LEGACY, **card}
         for key in ("mean", "std"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
@@ -118,6 +121,10 @@ class Preprocessing:
             if not same:
                 out.append(f"{f.name}: {_show(a)} vs {_show(b)}")
         return out
+
+
+#: What a model card that leaves these keys out was trained with (radtriage before them, the seeds)
+CARD_LEGACY: dict[str, Any] = {"resize": "squash", "crop": False, "clahe": False}
 
 
 def _show(value: Any) -> str:

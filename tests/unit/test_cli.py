@@ -123,3 +123,25 @@ def test_score_bad_config_exits_2(tmp_path: Path, folder: Path) -> None:
     code, out, err = run("score", str(folder), "--config", str(path))
     assert code == 2 and out == ""
     assert "model.threshold = 3" in err
+
+
+def test_import_model_through_the_command_line(tmp_path: Path) -> None:
+    """A torchvision state dict -> a radtriage checkpoint the daemon loads, with the seeds' recipe."""
+    import torch
+
+    from dicom_io.pixels import Preprocessing
+    from inference.model import build_model, load_checkpoint
+
+    src = tmp_path / "foreign.pth"
+    torch.save(build_model("densenet121").state_dict(), src)
+    dst = tmp_path / "imported.pt"
+    code, out, err = run("import-model", str(src), "--out", str(dst), "--name", "site-model",
+                         "--version", "3")
+    assert code == 0, err
+    assert out.startswith(f"{dst}: site-model 3 (densenet121")
+    _model, card = load_checkpoint(dst)
+    assert Preprocessing.from_card(card.preprocessing) == Preprocessing(crop=False)
+    code, out, err = run("import-model", str(src), "--out", str(tmp_path / "x.pt"), "--name", "m",
+                         "--version", "1", "--preprocessing", '{"sharpen": true}')
+    assert code == 2 and "unknown preprocessing keys in the model card: sharpen" in err
+    assert not (tmp_path / "x.pt").exists()

@@ -105,8 +105,17 @@ def test_to_model_input_normalises() -> None:
 
 def test_preprocessing_from_card() -> None:
     prep = Preprocessing.from_card({"size": 320, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
-    assert prep == Preprocessing(size=320, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    assert Preprocessing.from_card({}) == Preprocessing()
+    assert prep == Preprocessing(size=320, crop=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    # a card that leaves a key out was trained before it existed: no crop, no CLAHE, squashed
+    assert Preprocessing.from_card({}) == Preprocessing(crop=False, clahe=False, resize="squash")
+
+
+def test_a_new_cards_default_preprocessing_is_todays_default() -> None:
+    from inference.model import ModelCard, default_preprocessing
+
+    assert Preprocessing.from_card(default_preprocessing()) == Preprocessing()
+    assert set(default_preprocessing()) == set(Preprocessing().to_card())
+    assert Preprocessing.from_card(ModelCard(name="m", version="1").preprocessing) == Preprocessing()
 
 
 # -- what cannot be scored ------------------------------------------------------------------------

@@ -20,15 +20,21 @@ def card(**preprocessing) -> ModelCard:  # type: ignore[no-untyped-def]
     return ModelCard(name="m", version="1", preprocessing=preprocessing)
 
 
-def test_defaults_agree_with_a_card_that_names_only_the_mura_basics() -> None:
-    """Checkpoints whose cards predate crop/CLAHE/resize mean the defaults."""
-    prep = model_preprocessing(parse_config({}), card(size=224, mean=[0.485, 0.456, 0.406],
-                                                      std=[0.229, 0.224, 0.225]))
-    assert prep == Preprocessing()
+def test_a_card_that_predates_crop_was_trained_without_it() -> None:
+    """A card naming only the MURA basics (the seeds, radtriage before crop): served uncropped."""
+    legacy = card(size=224, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    with pytest.raises(StartupError, match="crop: true vs false"):
+        model_preprocessing(parse_config({}), legacy)
+    prep = model_preprocessing(parse_config({"preprocessing": {"crop": False}}), legacy)
+    assert prep == Preprocessing(crop=False)
+
+
+def test_defaults_agree_with_a_new_card() -> None:
+    assert model_preprocessing(parse_config({}), ModelCard(name="m", version="1")) == Preprocessing()
 
 
 def test_the_card_supplies_mean_and_std() -> None:
-    prep = model_preprocessing(parse_config({}), card(mean=[0.5] * 3, std=[0.25] * 3))
+    prep = model_preprocessing(parse_config({}), card(crop=True, mean=[0.5] * 3, std=[0.25] * 3))
     assert prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.25, 0.25, 0.25)
 
 
@@ -43,7 +49,7 @@ def test_a_mismatch_names_every_setting_that_differs() -> None:
 
 
 def test_a_card_trained_with_clahe_needs_clahe_in_the_config() -> None:
-    trained = card(clahe=True, clahe_clip_limit=3.0)
+    trained = card(crop=True, clahe=True, clahe_clip_limit=3.0)
     with pytest.raises(StartupError, match="clahe: false vs true; clahe_clip_limit: 2 vs 3"):
         model_preprocessing(parse_config({}), trained)
     prep = model_preprocessing(parse_config({"preprocessing": {"clahe": True, "clahe_clip_limit": 3}}),

@@ -1,0 +1,522 @@
+"""``radtriage evaluate``: a checkpoint scored on labelled studies, the MURA way, with a report.
+
+Every view is prepared by the daemon's own code (:func:`training.datasets.prepare_path` in a
+:class:`dicom_io.prepare.PreparePool`, so DICOM goes through :func:`dicom_io.prepare.prepare_view`
+with the model card's preprocessing) and scored in batches by :class:`inference.model.Scorer`.
+A study's probability is the mean of its scored views (:func:`inference.policy.study_probability`,
+a multi-frame view counting as the mean of its frames, as in the daemon); a study none of whose
+views could be scored is listed as not analysed and left out of the metrics.
+
+Outputs in ``out_dir``: ``metrics.json`` (everything, see ``docs/evaluation.md``), ``report.md``
+or ``report.html``, ``roc.png`` and ``reliability.png``.
+
+Command line (the lead wires it into ``daemon/cli.py`` with :func:`add_arguments` and
+:func:`evaluate_cli`)::
+
+    radtriage evaluate CHECKPOINT DATA_ROOT --out DIR [--split valid] [--study-types WRIST,HAND]
+        [--threshold T] [--target-sensitivity 0.95] [--format md|html] [--layout auto|mura|dicom]
+        [--device auto|cpu|cuda] [--batch-size N] [--workers N] [--allow-untrained]
+
+Exit codes: 0 done; 1 the model cannot be used or scoring failed (bad or untrained checkpoint,
+no CUDA, nothing could be scored, the output cannot be written); 2 the arguments point at
+nothing usable (no such folder, no known layout, no study in that split or of those types, a
+malformed truth file, a bad option value). Each failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence, TextIO
+
+import numpy as np
+
+from dicom_io.bodypart import MURA_STUDY_TYPES, SelectionRules
+from dicom_io.pixels import DecodeOptions, Preprocessing
+from dicom_io.prepare import PreparePool
+from training import metrics as M
+from training.datasets import (
+    DatasetError,
+    View,
+    group_by_study,
+    parse_study_types,
+    prepare_path,
+    read_views,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "radtriage-evaluation/1"
+DEFAULT_THRESHOLD = 0.5
+POINTING_GAME_UNAVAILABLE = "not available (no heatmaps)"
+#: metrics.json's threshold source -> how the report says it
+_THRESHOLD_SOURCES = {"argument": "as given", "model card": "the model card's",
+                      "default": "the default; the card records none"}
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+ReportFormat = Literal["md", "html"]
+
+
+class EvaluationError(Exception):
+    """The evaluation could not be completed (scoring failed, nothing scored, output not written)."""
+
+
+# -- scoring -----------------------------------------------------------------------------------
+
+
+def score_views(scorer: Any, views: Sequence[View], prep: Preprocessing, opts: DecodeOptions,
+                rules: SelectionRules, *, workers: int = 0, progress: TextIO | None = None,
+                ) -> tuple[list[float | None], list[str | None]]:
+    """(probability, error) of every view, in order; a view that cannot be scored has None and
+    its reason. Views are prepared in ``workers`` processes (:class:`PreparePool`), scored in the
+    scorer's batches, a chunk at a time so memory stays bounded."""
+    probabilities: list[float | None] = [None] * len(views)
+    errors: list[str | None] = [None] * len(views)
+    pool = PreparePool(prep, opts, rules, workers=workers)
+    pool.task = prepare_path
+    chunk = max(4 * int(getattr(scorer, "batch_size", 16)), 8 * pool.workers, 32)
+    with pool:
+        for start in range(0, len(views), chunk):
+            part = views[start:start + chunk]
+            prepared = pool.map([v.path for v in part])
+            frames: list[np.ndarray] = []
+            owner: list[int] = []
+            for i, p in enumerate(prepared, start):
+                if p.tensor is None:
+                    errors[i] = p.error or "not scored"
+                else:
+                    frames.extend(p.tensor)
+                    owner.extend([i] * p.frames)
+            try:
+                scores = [float(s) for s in scorer.score(frames)] if frames else []
+            except RuntimeError as exc:  # torch's errors (CUDA out of memory, ...)
+                raise EvaluationError(f"inference failed: {type(exc).__name__}: {exc}") from exc
+            per_view: dict[int, list[float]] = {}
+            for i, s in zip(owner, scores):
+                per_view.setdefault(i, []).append(s)
+            for i, s_list in per_view.items():
+                probabilities[i] = float(np.mean(s_list))
+            if progress is not None:
+                print(f"evaluate: {start + len(part)}/{len(views)} views", file=progress, flush=True)
+    return probabilities, errors
+
+
+# -- plots (matplotlib's Agg canvas, no pyplot state) ------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_roc(path: Path, curves: Sequence[tuple[str, Sequence[int], Sequence[float]]],
+             operating: tuple[float, float] | None, threshold: float) -> None:
+    """ROC curves (the first one bold: overall), the operating point at ``threshold``."""
+    fig = _figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1)
+    drawn = 0
+    for k, (name, labels, probs) in enumerate(curves):
+        points = M.roc(labels, probs)
+        if points is None:
+            continue
+        auc = M.auroc(labels, probs)
+        ax.plot(points["fpr"], points["tpr"], linewidth=2.2 if k == 0 else 1.0,
+                color="black" if k == 0 else None, label=f"{name} (AUROC {auc:.3f}, n={len(labels)})")
+        drawn += 1
+    if operating is not None:
+        ax.plot([operating[0]], [operating[1]], marker="o", color="tab:red", linestyle="none",
+                label=f"threshold {threshold:g}", clip_on=False, zorder=5)
+        drawn += 1
+    if drawn == 0:
+        ax.text(0.5, 0.5, "ROC undefined: the studies are all of one class", ha="center", va="center")
+    else:
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="sensitivity (true positive rate)", title="ROC, study level")
+    ax.set_aspect("equal")
+    fig.savefig(path)
+
+
+def plot_reliability(path: Path, bins: Sequence[dict[str, Any]], ece: float | None) -> None:
+    """Reliability diagram (fraction abnormal vs mean probability per bin) over a histogram."""
+    fig = _figure(5.5, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
+    filled = [b for b in bins if b["count"]]
+    if filled:
+        top.plot([b["mean_probability"] for b in filled], [b["fraction_positive"] for b in filled],
+                 marker="o", color="tab:blue", label="studies")
+    top.legend(loc="upper left", fontsize=8)
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction abnormal",
+            title="Reliability, study level" + ("" if ece is None else f" (ECE {ece:.3f})"))
+    lowers = [b["lower"] for b in bins]
+    widths = [b["upper"] - b["lower"] for b in bins]
+    bottom.bar(lowers, [b["count"] for b in bins], width=widths, align="edge",
+               color="0.7", edgecolor="0.3")
+    bottom.set(xlabel="predicted probability (mean of the study's views)", ylabel="studies")
+    fig.savefig(path)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _blocks(result: dict[str, Any]) -> list[tuple]:
+    """The report as blocks: ("h1"|"h2"|"p"|"warn", text), ("table", header, rows), ("img", alt, src)."""
+    model, data, thr = result["model"], result["data"], result["threshold"]
+    overall = result["overall"]
+    b: list[tuple] = [("h1", f"Evaluation of {model['display_name']} {model['version']}")]
+    if not model["trained"]:
+        b.append(("warn", "This checkpoint's card says it was never trained: its scores mean nothing."))
+    b.append(("p", f"Data: {data['root']} ({data['layout']} layout), split {data['split']}"
+                   + (f", study types {', '.join(data['study_types'])}" if data["study_types"] else "")
+                   + f". {data['studies']} studies evaluated ({data['studies_not_analysed']} not analysed), "
+                   f"{data['views']} views ({data['views_not_analysed']} not scored). "
+                   f"Created {result['created']}."))
+    at = overall.get("at_target_sensitivity")
+    b.append(("p", f"A study's probability is the mean of its views' probabilities (MURA); it is "
+                   f"called abnormal when it reaches the threshold {thr['value']:g} "
+                   f"({_THRESHOLD_SOURCES.get(thr['source'], thr['source'])})."
+                   + ("" if at is None else
+                      f" The highest threshold reaching sensitivity {at['target']:g} overall is "
+                      f"{at['threshold']:.4f} (sensitivity {_num(at['sensitivity'])}, specificity "
+                      f"{_num(at['specificity'])}).")))
+    b.append(("h2", "Study-level metrics"))
+    header = ["study type", "studies", "abnormal", "accuracy", "kappa", "AUROC", "sensitivity",
+              "specificity", "ECE", f"threshold at sens. {result['target_sensitivity']:g}"]
+    rows = []
+    for name, m in [*result["by_study_type"].items(), ("overall", overall)]:
+        t = m.get("at_target_sensitivity")
+        rows.append([f"**{name}**" if name == "overall" else name, m["n"], m["positives"],
+                     _num(m["accuracy"]), _num(m["kappa"]), _num(m["auroc"]), _num(m["sensitivity"]),
+                     _num(m["specificity"]), _num(m["ece"]), _num(t["threshold"], 4) if t else "–"])
+    b.append(("table", header, rows))
+    (tn, fp), (fn, tp) = overall["confusion_matrix"]
+    b.append(("h2", f"Confusion matrix (overall, threshold {thr['value']:g})"))
+    b.append(("table", ["truth \\ call", "normal", "abnormal"],
+              [["normal", tn, fp], ["abnormal", fn, tp]]))
+    b.append(("h2", "ROC"))
+    b.append(("img", "ROC curves", result["files"]["roc"]))
+    b.append(("h2", "Calibration"))
+    b.append(("p", f"Expected calibration error {_num(overall['ece'])}: {M.BINNING}."))
+    b.append(("img", "Reliability diagram", result["files"]["reliability"]))
+    b.append(("table", ["bin", "studies", "mean probability", "fraction abnormal"],
+              [[f"{'[' if i == 0 else '('}{bin_['lower']:.1f}, {bin_['upper']:.1f}]", bin_["count"],
+                _num(bin_["mean_probability"]), _num(bin_["fraction_positive"])]
+               for i, bin_ in enumerate(overall["reliability"])]))
+    pg = result["pointing_game"]
+    b.append(("h2", "Pointing game"))
+    b.append(("p", "Hit rate: " + (_num(pg["hit_rate"]) if pg["available"] else pg["reason"])
+                   + f"; {pg['views_with_boxes']} view(s) with true boxes."))
+    missing = [s for s in result["studies"] if s["probability"] is None]
+    if missing:
+        b.append(("h2", "Studies not analysed"))
+        b.append(("table", ["study", "type", "reason (first view)"],
+                  [[s["study"], s["study_type"] or "–",
+                    next((v["error"] for v in s["views"] if v["error"]), "–")] for s in missing[:50]]))
+        if len(missing) > 50:
+            b.append(("p", f"... and {len(missing) - 50} more (metrics.json lists them all)."))
+    b.append(("p", "Definitions: docs/evaluation.md. Everything above is in metrics.json."))
+    return b
+
+
+def _markdown(blocks: Iterable[tuple]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    out: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h1":
+            out.append(f"# {block[1]}")
+        elif kind == "h2":
+            out.append(f"## {block[1]}")
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "warn":
+            out.append(f"> **Warning:** {block[1]}")
+        elif kind == "img":
+            out.append(f"![{block[1]}]({block[2]})")
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+                     "|" + "|".join(" --- " for _ in header) + "|"]
+            lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+def _html(blocks: Iterable[tuple], title: str) -> str:
+    def esc(v: Any) -> str:
+        text = html.escape(str(v))
+        if text.startswith("**") and text.endswith("**"):
+            return f"<strong>{text[2:-2]}</strong>"
+        return text
+
+    body: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{esc(block[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{esc(block[1])}</p>")
+        elif kind == "warn":
+            body.append(f'<p class="warn"><strong>Warning:</strong> {esc(block[1])}</p>')
+        elif kind == "img":
+            body.append(f'<p><img src="{html.escape(block[2])}" alt="{html.escape(block[1])}"></p>')
+        elif kind == "table":
+            head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #999;padding:.2em .5em;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}.warn{color:#a00}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# -- the evaluation ----------------------------------------------------------------------------
+
+
+def _card_threshold(card: Any) -> float | None:
+    """The operating threshold a model card records, if it records one."""
+    value = getattr(card, "threshold", None)
+    return None if value is None else float(value)
+
+
+def evaluate(
+    checkpoint: Path | str,
+    data_root: Path | str,
+    out_dir: Path | str,
+    *,
+    split: str = "valid",
+    study_types: Iterable[str] | str | None = None,
+    threshold: float | None = None,
+    target_sensitivity: float = 0.95,
+    batch_size: int = 16,
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    workers: int = 0,
+    allow_untrained: bool = False,
+    fmt: ReportFormat = "md",
+    layout: Literal["auto", "mura", "dicom"] = "auto",
+    decode: DecodeOptions = DecodeOptions(),
+    rules: SelectionRules = SelectionRules(),
+    progress: TextIO | None = None,
+) -> dict[str, Any]:
+    """Score every labelled study of ``data_root`` with ``checkpoint``; write and return the metrics.
+
+    The model's preprocessing comes from its card only. ``threshold`` defaults to the card's (if
+    it records one), else 0.5. ``workers``: preparation processes as in the daemon (0: one per
+    core, 1: in this thread). ``decode``/``rules``: the daemon's run-time decoding options and
+    selection rules (defaults: config.yaml's defaults).
+
+    Raises ValueError (a bad argument), DatasetError (no data, or malformed truth),
+    inference.errors.CheckpointError (the model cannot be used), EvaluationError (scoring
+    failed, nothing scored, output not written).
+    """
+    from inference.errors import CheckpointError
+    from inference.model import Scorer, load_checkpoint, select_device
+
+    if fmt not in ("md", "html"):
+        raise ValueError(f"report format {fmt!r}: md or html")
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ValueError(f"target sensitivity {target_sensitivity} is not in (0, 1]")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} is not in [0, 1]")
+    if batch_size < 1 or workers < 0:
+        raise ValueError("batch size must be at least 1 and workers at least 0")
+    checkpoint, data_root, out_dir = Path(checkpoint), Path(data_root), Path(out_dir)
+    wanted = parse_study_types(study_types)
+    chosen_layout, views = read_views(data_root, split, wanted, layout)
+    if not views:
+        raise DatasetError(f"{data_root}: no study found in split {split!r}"
+                           + (f" of type {', '.join(wanted)}" if wanted else ""))
+
+    model, card = load_checkpoint(checkpoint, allow_untrained=allow_untrained)
+    try:
+        prep = Preprocessing.from_card(card.preprocessing)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{checkpoint}: the card's preprocessing is unusable: {exc}") from exc
+    scorer = Scorer(model, card, device=select_device(device), batch_size=batch_size)
+    if threshold is not None:
+        thr, source = float(threshold), "argument"
+    elif _card_threshold(card) is not None:
+        thr, source = _card_threshold(card), "model card"
+    else:
+        thr, source = DEFAULT_THRESHOLD, "default"
+    log.info("evaluating %s %s on %d views of %s (%s layout)", card.name, card.version,
+             len(views), data_root, chosen_layout)
+
+    probabilities, errors = score_views(scorer, views, prep, decode, rules, workers=workers,
+                                        progress=progress)
+
+    from inference.policy import study_probability
+
+    index = {id(v): i for i, v in enumerate(views)}
+    studies: list[dict[str, Any]] = []
+    for key, members in group_by_study(views).items():
+        view_rows = []
+        for v in members:
+            i = index[id(v)]
+            view_rows.append({"path": _relative(v.path, data_root), "sop_instance_uid": v.sop_instance_uid,
+                              "probability": probabilities[i], "error": errors[i]})
+        studies.append({"study": key, "study_type": members[0].study_type, "label": members[0].label,
+                        "probability": study_probability(r["probability"] for r in view_rows),
+                        "views": view_rows})
+    scored = [s for s in studies if s["probability"] is not None]
+    if not scored:
+        first = next((e for e in errors if e), "no reason recorded")
+        raise EvaluationError(f"none of the {len(studies)} studies could be scored; the first "
+                              f"view's reason: {first}")
+    labels = [s["label"] for s in scored]
+    probs = [s["probability"] for s in scored]
+    types = [s["study_type"] for s in scored]
+    overall = M.study_metrics(labels, probs, thr, target_sensitivity=target_sensitivity)
+    per_type = M.by_study_type(labels, probs, types, thr, target_sensitivity=target_sensitivity,
+                               order=MURA_STUDY_TYPES)
+
+    report_name = f"report.{fmt}"
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"checkpoint": str(checkpoint), "name": card.name, "version": card.version,
+                  "arch": card.arch, "trained": card.trained, "display_name": card.display_name,
+                  "preprocessing": prep.to_card()},
+        "data": {"root": str(data_root), "layout": chosen_layout, "split": split,
+                 "study_types": list(wanted) if wanted else None,
+                 "studies": len(scored), "studies_not_analysed": len(studies) - len(scored),
+                 "views": len(views), "views_not_analysed": sum(p is None for p in probabilities)},
+        "threshold": {"value": thr, "source": source},
+        "target_sensitivity": target_sensitivity,
+        "aggregation": "study probability = mean of its scored views' probabilities (MURA)",
+        "binning": M.BINNING,
+        "overall": overall,
+        "by_study_type": per_type,
+        "pointing_game": {"available": False, "reason": POINTING_GAME_UNAVAILABLE, "hit_rate": None,
+                          "views_with_boxes": sum(bool(v.boxes) for v in views)},
+        "studies": studies,
+        "files": {"metrics": "metrics.json", "report": report_name, "roc": "roc.png",
+                  "reliability": "reliability.png"},
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        curves = [("overall", labels, probs)]
+        if len(per_type) > 1:
+            for name in per_type:
+                idx = [i for i, t in enumerate(types) if (t or M.UNKNOWN_TYPE) == name]
+                curves.append((name, [labels[i] for i in idx], [probs[i] for i in idx]))
+        operating = None
+        if overall["sensitivity"] is not None and overall["specificity"] is not None:
+            operating = (1.0 - overall["specificity"], overall["sensitivity"])
+        plot_roc(out_dir / "roc.png", curves, operating, thr)
+        plot_reliability(out_dir / "reliability.png", overall["reliability"], overall["ece"])
+        blocks = _blocks(result)
+        title = f"Evaluation of {card.display_name} {card.version}"
+        text = _markdown(blocks) if fmt == "md" else _html(blocks, title)
+        (out_dir / report_name).write_text(text, encoding="utf-8")
+        with (out_dir / "metrics.json").open("w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, allow_nan=False)
+            f.write("\n")
+    except OSError as exc:
+        raise EvaluationError(f"{out_dir}: cannot write the report: {exc.strerror or exc}") from exc
+    return result
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _count(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``evaluate`` subcommand's arguments (what :func:`evaluate_cli` reads)."""
+    parser.add_argument("checkpoint", help="radtriage checkpoint (.pt)")
+    parser.add_argument("data_root", help="folder holding MURA-v1.1/ or dicom/truth.csv")
+    parser.add_argument("--out", required=True, help="folder for metrics.json, the report and the plots")
+    parser.add_argument("--split", default="valid", help="split to evaluate (default: valid)")
+    parser.add_argument("--study-types", help="only these study types, comma-separated (e.g. WRIST,HAND)")
+    parser.add_argument("--threshold", type=_unit_interval,
+                        help="operating threshold (default: the model card's, else 0.5)")
+    parser.add_argument("--target-sensitivity", type=_unit_interval, default=0.95,
+                        help="report the highest threshold reaching this sensitivity (default: 0.95)")
+    parser.add_argument("--format", choices=("md", "html"), default="md", help="report format (default: md)")
+    parser.add_argument("--layout", choices=("auto", "mura", "dicom"), default="auto",
+                        help="data layout (default: whichever DATA_ROOT holds)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=_count(1), default=16)
+    parser.add_argument("--workers", type=_count(0), default=0,
+                        help="preparation processes (0: one per core, 1: none)")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="accept a checkpoint whose card says untrained (plumbing tests only)")
+    return parser
+
+
+def evaluate_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run :func:`evaluate` from parsed arguments; one line on ``out`` when done, on ``err`` when not."""
+    from inference.errors import CheckpointError
+
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
+        print(f"radtriage: cannot evaluate: {data_root}: no such folder", file=err)
+        return EXIT_USAGE
+    try:
+        result = evaluate(
+            args.checkpoint, data_root, args.out, split=args.split, study_types=args.study_types,
+            threshold=args.threshold, target_sensitivity=args.target_sensitivity,
+            batch_size=args.batch_size, device=args.device, workers=args.workers,
+            allow_untrained=args.allow_untrained, fmt=args.format,
+            layout=getattr(args, "layout", "auto"), progress=err)
+    except (DatasetError, ValueError) as exc:
+        print(f"radtriage: cannot evaluate: {exc}", file=err)
+        return EXIT_USAGE
+    except (CheckpointError, EvaluationError) as exc:
+        print(f"radtriage: cannot evaluate: {exc}", file=err)
+        return EXIT_FAILURE
+    o = result["overall"]
+    print(f"{result['data']['studies']} studies ({result['data']['studies_not_analysed']} not analysed): "
+          f"accuracy {_num(o['accuracy'])}, kappa {_num(o['kappa'])}, AUROC {_num(o['auroc'])} at "
+          f"threshold {result['threshold']['value']:g}; report: "
+          f"{Path(args.out) / result['files']['report']}", file=out)
+    return EXIT_OK
