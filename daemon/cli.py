@@ -6,6 +6,8 @@
     radtriage status                    recent studies, queue and deliveries from the database
     radtriage import-model SRC --out DST --name N --version V   a model file -> a radtriage checkpoint
     radtriage evaluate CHECKPOINT DATA --out DIR                 metrics and a report
+    radtriage train DATA --out DIR                               train a DenseNet (the MURA recipe)
+    radtriage phantoms OUT --studies N --seed S                  synthetic radiographs with truth
 
 Exit codes: 0 success, 1 runtime failure (model, port, database), 2 invalid configuration or usage.
 """
@@ -13,6 +15,7 @@ Exit codes: 0 success, 1 runtime failure (model, port, database), 2 invalid conf
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -127,6 +130,7 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
             "abnormal": None if probability is None else probability >= config.model.threshold,
             "priority": priority_for(probability, rules, config.priority.default),
             "model": f"{scorer.card.display_name} {scorer.card.version}",
+            "notice": scorer.card.notice,
             "views": [{"sop_instance_uid": o.sop_instance_uid, "path": str(p), "probability": o.probability,
                        "study_type": o.study_type, "frames": o.frames, "error": o.error}
                       for o, (_, _, p) in zip(outcomes, views)],
@@ -134,7 +138,8 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
     if unreadable:
         rows.append({"study_instance_uid": None, "study_type": None, "views_analysed": 0,
                      "views_not_analysed": len(unreadable), "probability": None, "abnormal": None,
-                     "priority": config.priority.default, "model": None, "views": unreadable})
+                     "priority": config.priority.default, "model": None, "notice": None,
+                     "views": unreadable})
     return rows
 
 
@@ -158,6 +163,9 @@ def cmd_score(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         json.dump(rows, out, indent=2)
         out.write("\n")
         return EXIT_OK
+    notices = sorted({r["notice"] for r in rows if r["notice"]})
+    for notice in notices:
+        print(notice, file=out)
     print(f"{'STUDY INSTANCE UID':<64}  {'TYPE':<8}  {'PROB':>5}  {'PRIORITY':<8}  VIEWS", file=out)
     for r in rows:
         prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"
@@ -200,13 +208,30 @@ def cmd_import_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return import_model_cli(args, out, err)
 
 
-def cmd_evaluate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from training.evaluate import evaluate_cli
+#: Commands whose arguments live with their code in ``training/``: (module, function, help). Their
+#: modules import torch or OpenCV, so only the command being run has its module imported.
+TRAINING_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "evaluate": ("training.evaluate", "evaluate_cli",
+                 "study-level metrics and a report for a checkpoint on a MURA layout or DICOM with truth.csv"),
+    "train": ("training.train", "train_cli",
+              "train a DenseNet on a MURA layout or DICOM with truth.csv (the MURA recipe)"),
+    "phantoms": ("training.phantoms", "phantoms_cli",
+                 "write synthetic radiographs with their truth (MURA layout and DICOM)"),
+}
 
-    return evaluate_cli(args, out, err)
+
+def _add_training_command(sub: argparse._SubParsersAction, name: str, load: bool) -> None:
+    module_name, function, help_text = TRAINING_COMMANDS[name]
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if load:
+        module = importlib.import_module(module_name)
+        module.add_arguments(p)
+        p.set_defaults(func=getattr(module, function))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``command`` (the first word of the command line) says which of the
+    :data:`TRAINING_COMMANDS` gets its arguments (and its module imported)."""
     parser = argparse.ArgumentParser(prog="radtriage", description="DICOM triage daemon for radiographs")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the daemon")
@@ -241,19 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocessing", default=None, metavar="JSON",
                    help="what it was trained with, e.g. '{\"crop\": false}' (default: the seeds' recipe)")
     p.add_argument("--metrics", default=None, metavar="JSON")
+    p.add_argument("--demo", action=argparse.BooleanOptionalAction, default=None,
+                   help="trained on synthetic radiographs only: every output says DEMO MODEL "
+                        "(default: the source card's value, else no)")
     p.add_argument("--half", action="store_true", help="store float16 weights")
     p.add_argument("--force", action="store_true", help="overwrite DST")
     p.set_defaults(func=cmd_import_model)
-    from training.evaluate import add_arguments
-
-    p = add_arguments(sub.add_parser("evaluate", help="study-level metrics and a report for a "
-                                     "checkpoint on a MURA layout or DICOM with truth.csv"))
-    p.set_defaults(func=cmd_evaluate)
+    for name in TRAINING_COMMANDS:
+        _add_training_command(sub, name, load=name == command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return args.func(args, out or sys.stdout, err or sys.stderr)
 
 

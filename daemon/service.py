@@ -47,6 +47,8 @@ def load_scorer(config: Config) -> ViewScorer:
         log.warning("serving UNTRAINED model %s %s because model.allow_untrained is true: "
                     "its scores mean nothing", card.name, card.version)
     log.info("model %s %s (%s) on %s", card.name, card.version, card.arch, device)
+    if card.notice:
+        log.warning("model %s %s: %s", card.name, card.version, card.notice)
     return Scorer(model, card, device=device, batch_size=m.batch_size, cpu_threads=m.cpu_threads)
 
 

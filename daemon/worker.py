@@ -183,6 +183,7 @@ class StudyScorer:
             algorithm_version=card.version,
             views=tuple(ViewScore(o.sop_instance_uid, o.probability, o.error) for o in outcomes),
             reason=reason,
+            notice=card.notice,
         )
         sr_uid, sr_series = generate_uid(), generate_uid()
         sources = []

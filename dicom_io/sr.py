@@ -96,6 +96,9 @@ class TriageReport:
     algorithm_version: str  # e.g. "1.0.0"
     views: tuple[ViewScore, ...]
     reason: str | None = None  # for not analysed: why
+    #: what the model's card says every output must carry (e.g. the demo model's
+    #: "DEMO MODEL - trained on synthetic radiographs - not for clinical use"); None: nothing
+    notice: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -156,6 +159,10 @@ def _lo_text(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
+#: How a series description marks a report with a notice (the full notice is in the SR content)
+_NOTICE_TAG = "DEMO MODEL"
+
+
 def series_description(report: TriageReport) -> str:
     """Series Description that shows the triage flag in a viewer's series list.
 
@@ -163,10 +170,13 @@ def series_description(report: TriageReport) -> str:
     ``'AI TRIAGE: NORMAL 12% - PRIORITY ROUTINE'`` or
     ``'AI TRIAGE: NOT ANALYSED - <reason>'`` (just ``'AI TRIAGE: NOT
     ANALYSED'`` without a reason).  The percentage is rounded half up
-    (0.925 -> 93%); the text is truncated to the 64 characters an LO allows.
+    (0.925 -> 93%); the text is truncated to the 64 characters an LO allows. A report with a
+    ``notice`` (the demo model's) says ``DEMO MODEL`` after the verdict:
+    ``'AI TRIAGE: NORMAL 12% - PRIORITY ROUTINE - DEMO MODEL'``,
+    ``'AI TRIAGE: NOT ANALYSED - DEMO MODEL - <reason>'``.
     """
     if report.probability is None:
-        text = "AI TRIAGE: NOT ANALYSED"
+        text = "AI TRIAGE: NOT ANALYSED" + (f" - {_NOTICE_TAG}" if report.notice else "")
         reason = _lo_text(report.reason or "")
         if reason:
             text = f"{text} - {reason}"
@@ -176,6 +186,8 @@ def series_description(report: TriageReport) -> str:
             raise ValueError("abnormal must be set when probability is set")
         flag = "ABNORMAL" if report.abnormal else "NORMAL"
         text = f"AI TRIAGE: {flag} {_percent(p)}% - PRIORITY {_lo_text(report.priority)}"
+        if report.notice:
+            text = f"{text} - {_NOTICE_TAG}"
     return text[:_LO_MAX].rstrip()
 
 
@@ -264,6 +276,8 @@ def _study_group(
     scored = sum(v.probability is not None for v in report.views)
     if report.views and scored < len(report.views):
         comments.append(f"{scored} of {len(report.views)} views scored")
+    if report.notice:
+        comments.insert(0, report.notice)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             # Same UID for the same study and algorithm, so that successive

@@ -430,6 +430,7 @@ def run_import(
     trained: bool | None = None,
     description: str | None = None,
     metrics: Mapping[str, Any] | None = None,
+    demo: bool | None = None,
     trust_pickle: bool = False,
     half: bool = False,
     overwrite: bool = False,
@@ -474,6 +475,7 @@ def run_import(
         threshold=_pick(threshold, base, "threshold", 0.5),
         training_data=_pick(training_data, base, "training_data", ""),
         metrics=dict(_pick(metrics, base, "metrics", {})),
+        demo=_pick(demo, base, "demo", False),
     )
     if source.runnable is not None:
         try:
@@ -509,6 +511,7 @@ def import_model(
     trained: bool | None = None,
     description: str | None = None,
     metrics: Mapping[str, Any] | None = None,
+    demo: bool | None = None,
     trust_pickle: bool = False,
     half: bool = False,
     overwrite: bool = False,
@@ -525,6 +528,8 @@ def import_model(
     model was trained with. ``trust_pickle`` allows
     unpickling Python objects (a whole pickled module): only for files from a trusted source.
     ``half`` stores the weights as float16. ``overwrite`` replaces an existing ``out``.
+    ``demo``: the model was trained on synthetic radiographs only (every output then says
+    ``DEMO_NOTICE``); None keeps a radtriage checkpoint's value, else False.
 
     Raises CheckpointError (and its subclasses: UnsafePickleError, WeightsMismatchError listing
     keys and shapes, ChecksumError) for a source that cannot be imported or an output that
@@ -532,8 +537,8 @@ def import_model(
     """
     return run_import(src, out, name=name, version=version, arch=arch, threshold=threshold,
                       training_data=training_data, preprocessing=preprocessing, trained=trained,
-                      description=description, metrics=metrics, trust_pickle=trust_pickle,
-                      half=half, overwrite=overwrite).card
+                      description=description, metrics=metrics, demo=demo,
+                      trust_pickle=trust_pickle, half=half, overwrite=overwrite).card
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -578,6 +583,8 @@ def import_model_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         p.add_argument("--description", default=None, metavar="TEXT")        # "imported from SRC"
         p.add_argument("--preprocessing", default=None, metavar="JSON")      # foreign_preprocessing()
         p.add_argument("--metrics", default=None, metavar="JSON")            # {}
+        p.add_argument("--demo", action=argparse.BooleanOptionalAction, default=None)
+                                                        # trained on synthetic radiographs only
         p.add_argument("--half", action="store_true")   # store float16 weights
         p.add_argument("--force", action="store_true")  # overwrite DST
 
@@ -596,6 +603,7 @@ def import_model_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             metrics=_json_option(getattr(args, "metrics", None), "--metrics"),
         )
         check_import_arguments(**values)
+        values["demo"] = getattr(args, "demo", None)
     except (ValueError, TypeError) as exc:
         print(f"radtriage: import-model: {exc}", file=err)
         return EXIT_USAGE
@@ -610,7 +618,7 @@ def import_model_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_FAILURE
     card = result.card
     kind = result.source.split(";")[0]
-    untrained = "" if card.trained else ", UNTRAINED"
+    untrained = ("" if card.trained else ", UNTRAINED") + (", DEMO" if card.demo else "")
     print(f"{result.path}: {card.name} {card.version} ({card.arch}{untrained}) from {kind}, "
           f"sha256 {card.sha256[:12]}; outputs {result.outputs}", file=out)
     return EXIT_OK

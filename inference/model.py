@@ -86,6 +86,11 @@ def default_preprocessing() -> dict[str, Any]:
             "clahe_tile_grid": 8, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
+#: Said by every output (SR, summary, start-up log, ``radtriage score``, evaluation reports) of a
+#: model whose card has ``demo: true``.
+DEMO_NOTICE = "DEMO MODEL - trained on synthetic radiographs - not for clinical use"
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a model is: named on every output it contributes to.
@@ -116,6 +121,9 @@ class ModelCard:
     #: ``weights_sha256`` of the state dict stored beside this card; "" on cards not yet saved
     #: (and on radtriage-checkpoint/1 cards).
     sha256: str = field(default="", compare=False)
+    #: Trained on synthetic radiographs (``radtriage phantoms``) only: every output made with it
+    #: carries :data:`DEMO_NOTICE`. ``radtriage train`` sets it when its data are phantoms.
+    demo: bool = False
 
     def __post_init__(self) -> None:
         for key in ("name", "version"):
@@ -125,8 +133,9 @@ class ModelCard:
         for key in ("arch", "description", "training_data"):
             if not isinstance(getattr(self, key), str):
                 raise TypeError(f"card {key} must be a string, not {getattr(self, key)!r}")
-        if not isinstance(self.trained, bool):
-            raise TypeError(f"card trained must be true or false, not {self.trained!r}")
+        for key in ("trained", "demo"):
+            if not isinstance(getattr(self, key), bool):
+                raise TypeError(f"card {key} must be true or false, not {getattr(self, key)!r}")
         if not isinstance(self.preprocessing, Mapping):
             raise TypeError(f"card preprocessing must be a mapping, not {self.preprocessing!r}")
         t = self.threshold
@@ -143,6 +152,11 @@ class ModelCard:
     @property
     def display_name(self) -> str:
         return self.name if self.trained else f"{self.name} (UNTRAINED)"
+
+    @property
+    def notice(self) -> str | None:
+        """What every output made with this model must say about it, or None."""
+        return DEMO_NOTICE if self.demo else None
 
     @property
     def input_size(self) -> int:

@@ -184,6 +184,8 @@ def _blocks(result: dict[str, Any]) -> list[tuple]:
     b: list[tuple] = [("h1", f"Evaluation of {model['display_name']} {model['version']}")]
     if not model["trained"]:
         b.append(("warn", "This checkpoint's card says it was never trained: its scores mean nothing."))
+    if model.get("notice"):
+        b.append(("warn", model["notice"]))
     b.append(("p", f"Data: {data['root']} ({data['layout']} layout), split {data['split']}"
                    + (f", study types {', '.join(data['study_types'])}" if data["study_types"] else "")
                    + f". {data['studies']} studies evaluated ({data['studies_not_analysed']} not analysed), "
@@ -397,6 +399,7 @@ def evaluate(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"checkpoint": str(checkpoint), "name": card.name, "version": card.version,
                   "arch": card.arch, "trained": card.trained, "display_name": card.display_name,
+                  "notice": card.notice,
                   "preprocessing": prep.to_card()},
         "data": {"root": str(data_root), "layout": chosen_layout, "split": split,
                  "study_types": list(wanted) if wanted else None,

@@ -108,6 +108,9 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = "radtriage-training-state/1"
 HISTORY_FORMAT = "radtriage-training-history/1"
 BEST, LAST, STATE, HISTORY = "best.pt", "last.pt", "state.pt", "history.json"
+#: The file ``radtriage phantoms`` writes at the top of its output: data that are synthetic
+#: radiographs, so the card of a model trained on them says ``demo: true``.
+PHANTOMS_MARK = "phantoms.json"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: Seconds between progress lines when the stream is not a terminal (a terminal gets one line,
 #: rewritten in place).
@@ -769,6 +772,8 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
     budget -= len(valid_views) * per_view if cache_valid else 0
     cache_train = len(train_views) * per_view <= budget
     fill = black(prep)
+    #: a model that has seen only phantoms says so on every output
+    demo = (data_root / PHANTOMS_MARK).is_file()
     description = (f"DenseNet ({arch}) with one logit trained by radtriage train: the MURA recipe "
                    f"(class-weighted BCE per study type, Adam lr {lr:g}, ReduceLROnPlateau x0.1 "
                    f"patience 1, batch {batch_size}, flip {'on' if flip else 'off'}, rotation "
@@ -812,7 +817,7 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
                            **{k: record[k] for k in ("valid_loss", "auroc", "kappa", "accuracy",
                                                      "sensitivity", "specificity", "studies",
                                                      "by_study_type")}}
-                card = ModelCard(name=name, version=version, arch=arch, trained=True,
+                card = ModelCard(name=name, version=version, arch=arch, trained=True, demo=demo,
                                  description=f"{description}; epoch {epoch}", preprocessing=prep.to_card(),
                                  threshold=THRESHOLD, training_data=training_data, metrics=metrics)
                 try:

@@ -1,6 +1,8 @@
 """Tests for dicom_io.sr: the TID 1500 triage SR sent back to the PACS."""
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -358,6 +360,23 @@ def test_not_analysed(sources, tmp_path):
     assert len(back.CurrentRequestedProcedureEvidenceSequence[0]
                .ReferencedSeriesSequence[0].ReferencedSOPSequence) == 3
     assert_dciodvfy_clean(path)
+
+
+DEMO = "DEMO MODEL - trained on synthetic radiographs - not for clinical use"
+
+
+def test_a_demo_models_report_says_so(sources, tmp_path):
+    report = dataclasses.replace(make_report(sources), notice=DEMO)
+    path, back = roundtrip(build(report, sources), tmp_path)
+    assert back.SeriesDescription == "AI TRIAGE: ABNORMAL 93% - PRIORITY HIGH - DEMO MODEL"
+    assert texts(back)[0] == DEMO  # the study group's first comment
+    assert_dciodvfy_clean(path)
+    not_analysed = dataclasses.replace(not_analysed_report(sources), notice=DEMO)
+    (tmp_path / "na").mkdir()
+    _, back = roundtrip(build(not_analysed, sources), tmp_path / "na")
+    assert back.SeriesDescription == "AI TRIAGE: NOT ANALYSED - DEMO MODEL - no view could be decoded"
+    assert DEMO in texts(back) and "NOT ANALYSED: no view could be decoded" in texts(back)
+    assert "DEMO" not in series_description(make_report(sources))  # only when the card says so
 
 
 def test_comprehensive_sr_option(sources, tmp_path):

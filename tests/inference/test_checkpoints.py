@@ -43,6 +43,7 @@ from inference.errors import (  # noqa: E402
     WeightsMismatchError,
 )
 from inference.model import (  # noqa: E402
+    DEMO_NOTICE,
     FORMAT,
     FORMAT_V1,
     ModelCard,
@@ -493,6 +494,22 @@ def test_a_radtriage_checkpoint_is_restamped(saved: Path, tmp_path: Path) -> Non
     assert card.sha256 == old.sha256  # the same weights, the same dtype
     with pytest.raises(CheckpointError, match="is a densenet121, not the densenet201"):
         import_model(saved, tmp_path / "x.pt", name="r", version="3", arch="densenet201")
+
+
+def test_the_demo_mark_is_set_kept_and_cleared(saved: Path, tmp_path: Path) -> None:
+    assert not load_checkpoint(saved)[1].demo  # a card written before the field existed: False
+    demo = import_model(saved, tmp_path / "demo.pt", name="d", version="1", demo=True)
+    assert demo.demo and demo.notice == DEMO_NOTICE
+    assert load_checkpoint(tmp_path / "demo.pt")[1].notice == DEMO_NOTICE
+    kept = import_model(tmp_path / "demo.pt", tmp_path / "kept.pt", name="d", version="2")
+    assert kept.demo  # restamping a demo model keeps it a demo model
+    cleared = import_model(tmp_path / "demo.pt", tmp_path / "clear.pt", name="d", version="3", demo=False)
+    assert not cleared.demo and cleared.notice is None and cleared.sha256 == demo.sha256
+    out, err = io.StringIO(), io.StringIO()
+    assert import_model_cli(args(src=str(saved), out=str(tmp_path / "cli.pt"), demo=True), out, err) == EXIT_OK
+    assert "(densenet121, DEMO) from radtriage checkpoint" in out.getvalue()
+    with pytest.raises(TypeError, match="card demo must be true or false"):
+        ModelCard(name="m", version="1", demo="yes")  # type: ignore[arg-type]
 
 
 def test_an_existing_output_is_kept_unless_overwritten(saved: Path, tmp_path: Path) -> None:

@@ -239,6 +239,7 @@ def test_best_checkpoint_carries_its_card(trained: tuple[dict, Path, str], mura_
     best = min(result["history"], key=lambda r: r["valid_loss"])
     model, card = load_checkpoint(out / "best.pt")
     assert card.trained and card.name == "train-test" and card.arch == ARCH
+    assert not card.demo and card.notice is None  # real (here: hand-drawn) data, not phantoms
     assert card.preprocessing == PREP.to_card()
     assert card.threshold == 0.5
     assert str(mura_root) in card.training_data and "split train (12 views, 8 studies" in card.training_data
@@ -252,6 +253,16 @@ def test_best_checkpoint_carries_its_card(trained: tuple[dict, Path, str], mura_
         "abnormal": 0.5, "normal": 0.5, "abnormal_images": 3, "normal_images": 3}
     last = read_checkpoint(out / "last.pt")
     assert last.card.metrics["epoch"] == 4 and last.card.sha256 == result["history"][-1]["last_sha256"]
+
+
+def test_a_model_trained_on_phantoms_is_a_demo_model(tmp_path: Path) -> None:
+    from training.phantoms import generate
+
+    generate(tmp_path / "phantoms", studies=6, seed=3, formats=("mura",), size=96, workers=1)
+    run(tmp_path / "phantoms", tmp_path / "run", epochs=1, max_steps=1)
+    card = read_checkpoint(tmp_path / "run/best.pt").card
+    assert card.demo
+    assert card.notice == "DEMO MODEL - trained on synthetic radiographs - not for clinical use"
 
 
 def test_seeded_runs_and_resume_are_identical(mura_root: Path, tmp_path: Path) -> None:
