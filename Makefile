@@ -6,7 +6,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test-tools run test bench bench-pixels clean
+.PHONY: install install-test test-tools run test bench bench-pixels bench-training clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ bench: install-test test-tools
 
 bench-pixels: install-test test-tools
 	$(BIN)/python benchmarks/pixels.py
+
+bench-training: install-test
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
