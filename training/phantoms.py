@@ -52,7 +52,7 @@ import numpy as np
 from dicom_io.bodypart import MURA_STUDY_TYPES
 
 #: bumped whenever the same seed would give different files
-VERSION = "1.0"
+VERSION = "1.1"
 
 STUDY_TYPES: tuple[str, ...] = MURA_STUDY_TYPES
 FINDINGS: tuple[str, ...] = ("fracture", "lytic", "sclerotic", "hardware", "dislocation")
@@ -672,21 +672,21 @@ def draw_finding(kind: str, study_type: str, subject: Subject, rng: np.random.Ge
     u = rng.uniform
     v = [float(x) for x in rng.uniform(0, 1, size=12)]  # a fixed number of draws per finding
     if kind == "fracture":
-        displaced = v[0] < 0.55
-        params = dict(obliquity=55 * v[1] ** 1.5, tilt_dir=360 * v[2], gap=0.45 + 0.7 * v[3],
-                      disp=(0.35 + 0.8 * v[4]) if displaced else 0.0, disp_dir=360 * v[5],
-                      angulation=(4 + 18 * v[6]) if displaced and v[7] < 0.7 else 0.0,
+        displaced = v[0] < 0.75
+        params = dict(obliquity=55 * v[1] ** 1.5, tilt_dir=360 * v[2], gap=0.9 + 1.1 * v[3],
+                      disp=(0.5 + 0.8 * v[4]) if displaced else 0.0, disp_dir=360 * v[5],
+                      angulation=(6 + 18 * v[6]) if displaced and v[7] < 0.7 else 0.0,
                       ang_dir=360 * v[8], shortening=0.5 * v[9] if displaced else 0.0,
                       jag=0.08 + 0.25 * v[10], phase=6.283 * v[11])
         return Finding(kind, name, tau, "", tuple(params.items()))
     if kind == "lytic":
-        params = dict(offset=0.35 * v[0], off_dir=360 * v[1], a_long=0.8 + 1.3 * v[2],
-                      a_cross=0.5 + 0.35 * v[3], strength=0.7 + 0.25 * v[4],
-                      rim=float(v[5] < 0.45), cortex_loss=0.35 + 0.35 * v[6])
+        params = dict(offset=0.35 * v[0], off_dir=360 * v[1], a_long=1.2 + 1.4 * v[2],
+                      a_cross=0.6 + 0.3 * v[3], strength=0.85 + 0.13 * v[4],
+                      rim=float(v[5] < 0.45), cortex_loss=0.5 + 0.35 * v[6])
         return Finding(kind, name, tau, "", tuple(params.items()))
     if kind == "sclerotic":
-        params = dict(lobes=float(1 + int(v[0] * 3)), radius=0.35 + 0.2 * v[1], spread=0.2 + 0.4 * v[2],
-                      off_dir=360 * v[3], strength=0.45 + 0.35 * v[4], seed=float(int(v[5] * 1e6)))
+        params = dict(lobes=float(1 + int(v[0] * 3)), radius=0.5 + 0.25 * v[1], spread=0.2 + 0.4 * v[2],
+                      off_dir=360 * v[3], strength=0.8 + 0.5 * v[4], seed=float(int(v[5] * 1e6)))
         return Finding(kind, name, tau, "", tuple(params.items()))
     if kind == "hardware":
         if name == "scaphoid":

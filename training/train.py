@@ -120,6 +120,8 @@ THRESHOLD = 0.5
 #: What the JSON of the loss weights calls views without a study type.
 UNKNOWN_TYPE = M.UNKNOWN_TYPE
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 class TrainingError(Exception):
@@ -597,6 +599,7 @@ def train(
     name: str | None = None,
     version: str = "0.1.0",
     half: bool = False,
+    precision: Precision = "fp32",
     progress: TextIO | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -617,6 +620,10 @@ def train(
     left of this many MiB, the validation split first; 0 prepares every view every epoch.
     ``max_steps``: at most this many training batches an epoch (smoke tests). ``name``/``version``:
     the card's (name default ``radtriage-<arch>``). ``half``: best.pt and last.pt in float16.
+    ``precision``: ``fp32``, or ``bf16`` for the training steps' forward pass under
+    ``torch.autocast`` (bfloat16 matmuls and convolutions, float32 weights, optimiser and loss;
+    about twice as fast on CPUs with AVX-512 BF16 and on CUDA); validation always runs in
+    float32, as the daemon scores.
     ``progress``: a stream for progress bars (stderr on the command line); ``on_epoch``: called
     with each epoch's history record.
 
@@ -641,6 +648,8 @@ def train(
         raise ValueError(f"learning rate {lr} is not a positive number")
     if not (0 <= rotation <= 180):
         raise ValueError(f"rotation {rotation} is not in [0, 180] degrees")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed {seed!r} is not a whole number >= 0")
     name = name or f"radtriage-{arch}"
@@ -671,7 +680,7 @@ def train(
         data_root=str(data_root.resolve()), layout=chosen, split_train=split_train,
         split_valid=split_valid, study_types=list(wanted) if wanted else None, arch=arch,
         batch_size=batch_size, lr=lr, rotation=rotation, flip=flip,
-        preprocessing=preprocessing.to_card(), decode=asdict(decode), seed=seed,
+        preprocessing=preprocessing.to_card(), decode=asdict(decode), seed=seed, precision=precision,
         deterministic=deterministic, train_views=_views_fingerprint(train_views),
         valid_views=_views_fingerprint(valid_views))
 
@@ -718,7 +727,8 @@ def train(
             epochs=epochs, batch_size=batch_size, lr=lr, rotation=rotation, flip=flip,
             prep=preprocessing, decode=decode, rules=rules, initial_weights=initial_weights,
             seed=seed, dev=dev, workers=workers, cache_mb=cache_mb, max_steps=max_steps,
-            name=name, version=version, half=half, progress=progress, on_epoch=on_epoch)
+            name=name, version=version, half=half, precision=precision, progress=progress,
+            on_epoch=on_epoch)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
@@ -735,7 +745,7 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
          rotation: float, flip: bool, prep: Preprocessing, decode: DecodeOptions,
          rules: SelectionRules, initial_weights: Path | str | None, seed: int, dev: torch.device,
          workers: int, cache_mb: int, max_steps: int | None, name: str, version: str, half: bool,
-         progress: TextIO | None, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+         precision: Precision, progress: TextIO | None, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -777,7 +787,7 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
     description = (f"DenseNet ({arch}) with one logit trained by radtriage train: the MURA recipe "
                    f"(class-weighted BCE per study type, Adam lr {lr:g}, ReduceLROnPlateau x0.1 "
                    f"patience 1, batch {batch_size}, flip {'on' if flip else 'off'}, rotation "
-                   f"+-{rotation:g} deg, seed {seed})")
+                   f"+-{rotation:g} deg, seed {seed}, {precision})")
     training_data = (
         f"{chosen_name(data_info['layout'])} at {data_root}, split {data_info['train']['split']} "
         f"({data_info['train']['views']} views, {data_info['train']['studies']} studies: "
@@ -809,7 +819,7 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
                 record = _epoch(model, optimizer, train_split, valid_split, epoch=epoch, epochs=epochs,
                                 seed=seed, batch_size=batch_size, chunk=chunk, executor=executor,
                                 dev=dev, rotation=rotation, flip=flip, fill=fill,
-                                steps=steps_per_epoch, progress=progress)
+                                steps=steps_per_epoch, precision=precision, progress=progress)
                 scheduler.step(record["valid_loss"])
                 improved = record["valid_loss"] < best_loss
                 metrics = {"set": f"split {data_info['valid']['split']} of {data_root}", "epoch": epoch,
@@ -867,7 +877,8 @@ def _summary(record: Mapping[str, Any], epochs: int) -> str:
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: _Split, valid_split: _Split,
            *, epoch: int, epochs: int, seed: int, batch_size: int, chunk: int,
            executor: ThreadPoolExecutor, dev: torch.device, rotation: float, flip: bool,
-           fill: Sequence[float], steps: int, progress: TextIO | None) -> dict[str, Any]:
+           fill: Sequence[float], steps: int, precision: Precision,
+           progress: TextIO | None) -> dict[str, Any]:
     """One epoch: training on the shuffled training split, then validation. Its history record."""
     started = time.perf_counter()
     lr = float(optimizer.param_groups[0]["lr"])
@@ -888,7 +899,8 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: _Spl
             with torch.no_grad():
                 x = augment(x, flips, degrees, fill)
             idx = torch.tensor(owners, device=dev)
-            logits = model(x).float().reshape(-1)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x).float().reshape(-1)
             loss = weighted_bce(logits, train_split.labels[idx], train_split.weights[idx])
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -990,6 +1002,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="model name on the card (default: radtriage-ARCH)")
     parser.add_argument("--version", default="0.1.0", help="model version on the card (default: 0.1.0)")
     parser.add_argument("--half", action="store_true", help="store best.pt and last.pt as float16")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="training steps in fp32 (default) or under bf16 autocast (about 2x "
+                             "faster on AVX-512 BF16 CPUs and CUDA); validation is fp32")
     parser.add_argument("--max-steps", type=_count(1), metavar="N",
                         help="at most N training steps an epoch (smoke tests)")
     return parser
@@ -1015,7 +1030,7 @@ def train_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             preprocessing=prep, initial_weights=args.initial_weights, resume=args.resume,
             seed=args.seed, deterministic=args.deterministic, device=args.device,
             workers=args.workers, cache_mb=args.cache_mb, max_steps=args.max_steps, name=args.name,
-            version=args.version, half=args.half, progress=err)
+            version=args.version, half=args.half, precision=args.precision, progress=err)
     except (DatasetError, ValueError) as exc:
         print(f"radtriage: cannot train: {_one_line(exc)}", file=err)
         return EXIT_USAGE

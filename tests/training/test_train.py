@@ -265,6 +265,15 @@ def test_a_model_trained_on_phantoms_is_a_demo_model(tmp_path: Path) -> None:
     assert card.notice == "DEMO MODEL - trained on synthetic radiographs - not for clinical use"
 
 
+def test_bf16_autocast_trains(mura_root: Path, tmp_path: Path) -> None:
+    result = run(mura_root, tmp_path / "bf16", epochs=1, precision="bf16")
+    assert math.isfinite(result["history"][0]["train_loss"])
+    card = read_checkpoint(tmp_path / "bf16/best.pt").card
+    assert card.description.endswith(", bf16); epoch 1")
+    with pytest.raises(ValueError, match="precision 'fp8'"):
+        run(mura_root, tmp_path / "fp8", precision="fp8")
+
+
 def test_seeded_runs_and_resume_are_identical(mura_root: Path, tmp_path: Path) -> None:
     straight = run(mura_root, tmp_path / "straight", epochs=2)
     first = run(mura_root, tmp_path / "resumed", epochs=1)

@@ -1,0 +1,63 @@
+"""The daemon as ``make run`` starts it, with the shipped demo model, end to end.
+
+Phantom studies the model has never seen (their own seed) go in with DCMTK's ``storescu``; the
+SRs come out at a DCMTK ``storescp`` acting as the PACS. The daemon runs on the embedded model
+settings (``models/radtriage-demo.pt``, trained flag checked, no ``allow_untrained``); the test
+checks that every report says it came from the demo model, that the start-up log says so, and
+that an abnormal study with metal in it is called abnormal and a normal study normal.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from inference.model import DEMO_NOTICE
+from tests.integration.conftest import storescu, wait_for
+from training.phantoms import generate
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _texts(ds: pydicom.Dataset) -> list[str]:
+    out, stack = [], list(ds.ContentSequence)
+    while stack:
+        item = stack.pop()
+        if item.ValueType == "TEXT":
+            out.append(item.TextValue)
+        stack.extend(item.get("ContentSequence", []))
+    return out
+
+
+def test_the_demo_model_triages_phantoms_and_says_what_it_is(make_daemon, pacs, tmp_path: Path) -> None:
+    generate(tmp_path / "phantoms", studies=6, seed=31, formats=("dicom",), workers=1)
+    truth: dict[str, tuple[int, str]] = {}
+    for line in (tmp_path / "phantoms/dicom/truth.csv").read_text().splitlines()[1:]:
+        uid, label, _type, _split, boxes = line.split(",", 4)
+        truth[uid] = (int(label), boxes)
+    files = sorted((tmp_path / "phantoms/dicom").rglob("*.dcm"))
+
+    daemon = make_daemon(model={"checkpoint": str(ROOT / "models/radtriage-demo.pt"), "allow_untrained": False},
+                         destinations=pacs.as_destination()).start()
+    storescu(daemon.port, files)
+    srs = wait_for(lambda: (lambda f: f if len(f) == len(truth) else None)(pacs.files()), 180,
+                   f"{len(truth)} SRs at the PACS")
+    assert daemon.stop() == 0, daemon.output()
+    log = daemon.output()
+    assert f"model radtriage-demo 1.0: {DEMO_NOTICE}" in log
+
+    verdicts = {}
+    for path in srs:
+        ds = pydicom.dcmread(path)
+        assert ds.SeriesDescription.endswith(" - DEMO MODEL"), ds.SeriesDescription
+        assert DEMO_NOTICE in _texts(ds)
+        verdicts[ds.StudyInstanceUID] = ds.SeriesDescription
+    assert set(verdicts) == set(truth)
+    for uid, (label, boxes) in truth.items():
+        if label == 0:
+            assert verdicts[uid].startswith("AI TRIAGE: NORMAL"), (uid, verdicts[uid])
+        elif '"hardware"' in boxes:  # metal in the view: the easiest finding of all
+            assert verdicts[uid].startswith("AI TRIAGE: ABNORMAL"), (uid, verdicts[uid])
