@@ -205,6 +205,15 @@ def cmd_import_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except (ValueError, TypeError) as exc:
             print(f"radtriage: --preprocessing: {exc}", file=err)
             return EXIT_CONFIG
+    if args.evaluation is not None:
+        from training.evaluate import held_out_metrics
+
+        try:
+            args.held_out = held_out_metrics(json.loads(Path(args.evaluation).read_text(encoding="utf-8")),
+                                             args.evaluation)
+        except (OSError, ValueError) as exc:
+            print(f"radtriage: --evaluation: {exc}", file=err)
+            return EXIT_CONFIG
     return import_model_cli(args, out, err)
 
 
@@ -269,6 +278,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--demo", action=argparse.BooleanOptionalAction, default=None,
                    help="trained on synthetic radiographs only: every output says DEMO MODEL "
                         "(default: the source card's value, else no)")
+    p.add_argument("--evaluation", default=None, metavar="METRICS_JSON",
+                   help="a radtriage evaluate metrics.json: its figures go on the card as metrics.held_out")
     p.add_argument("--half", action="store_true", help="store float16 weights")
     p.add_argument("--force", action="store_true", help="overwrite DST")
     p.set_defaults(func=cmd_import_model)

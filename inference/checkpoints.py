@@ -431,6 +431,7 @@ def run_import(
     description: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     demo: bool | None = None,
+    held_out: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
     half: bool = False,
     overwrite: bool = False,
@@ -474,7 +475,7 @@ def run_import(
         preprocessing=dict(_pick(preprocessing, base, "preprocessing", foreign_preprocessing())),
         threshold=_pick(threshold, base, "threshold", 0.5),
         training_data=_pick(training_data, base, "training_data", ""),
-        metrics=dict(_pick(metrics, base, "metrics", {})),
+        metrics={**_pick(metrics, base, "metrics", {}), **({"held_out": dict(held_out)} if held_out else {})},
         demo=_pick(demo, base, "demo", False),
     )
     if source.runnable is not None:
@@ -512,6 +513,7 @@ def import_model(
     description: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     demo: bool | None = None,
+    held_out: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
     half: bool = False,
     overwrite: bool = False,
@@ -529,7 +531,9 @@ def import_model(
     unpickling Python objects (a whole pickled module): only for files from a trusted source.
     ``half`` stores the weights as float16. ``overwrite`` replaces an existing ``out``.
     ``demo``: the model was trained on synthetic radiographs only (every output then says
-    ``DEMO_NOTICE``); None keeps a radtriage checkpoint's value, else False.
+    ``DEMO_NOTICE``); None keeps a radtriage checkpoint's value, else False. ``held_out``: an
+    evaluation's figures (``training.evaluate.held_out_metrics``), stored as the card's
+    ``metrics["held_out"]`` beside the other metrics.
 
     Raises CheckpointError (and its subclasses: UnsafePickleError, WeightsMismatchError listing
     keys and shapes, ChecksumError) for a source that cannot be imported or an output that
@@ -537,7 +541,7 @@ def import_model(
     """
     return run_import(src, out, name=name, version=version, arch=arch, threshold=threshold,
                       training_data=training_data, preprocessing=preprocessing, trained=trained,
-                      description=description, metrics=metrics, demo=demo,
+                      description=description, metrics=metrics, demo=demo, held_out=held_out,
                       trust_pickle=trust_pickle, half=half, overwrite=overwrite).card
 
 
@@ -604,6 +608,7 @@ def import_model_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         check_import_arguments(**values)
         values["demo"] = getattr(args, "demo", None)
+        values["held_out"] = getattr(args, "held_out", None)
     except (ValueError, TypeError) as exc:
         print(f"radtriage: import-model: {exc}", file=err)
         return EXIT_USAGE

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, TextIO
+from typing import Any, Iterable, Literal, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -302,6 +302,49 @@ def _card_threshold(card: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _phantoms_of(data_root: Path) -> dict[str, Any] | None:
+    """How ``radtriage phantoms`` made ``data_root`` (its ``phantoms.json``), or None."""
+    try:
+        meta = json.loads((data_root / "phantoms.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{data_root / 'phantoms.json'}: not readable: {exc}") from exc
+    if not isinstance(meta, dict):
+        return None
+    counts = meta.get("counts") if isinstance(meta.get("counts"), dict) else {}
+    return {"version": meta.get("version"), "seed": meta.get("seed"), "studies": counts.get("studies")}
+
+
+#: The overall figures of an evaluation that :func:`held_out_metrics` puts on a card.
+HELD_OUT_KEYS = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "ece")
+
+
+def held_out_metrics(result: Mapping[str, Any], source: str = "metrics.json") -> dict[str, Any]:
+    """An evaluation's ``metrics.json`` (what :func:`evaluate` returns) as the ``held_out`` entry
+    of a model card's metrics: the overall figures, the threshold, the number of studies and
+    views, per study type AUROC and kappa, and ``set``, which data they were measured on.
+    Raises ValueError naming ``source`` for anything else."""
+    if not isinstance(result, Mapping) or result.get("format") != FORMAT:
+        raise ValueError(f"{source}: not a radtriage evaluation ({FORMAT})")
+    try:
+        overall, data = result["overall"], result["data"]
+        held: dict[str, Any] = {k: overall[k] for k in HELD_OUT_KEYS}
+        made = data.get("phantoms")
+        where = (f"radtriage phantoms --seed {made['seed']} ({made['studies']} studies, generator "
+                 f"{made['version']})" if made else str(data["root"]))
+        held.update(
+            set=f"{where}, split {data['split']}"
+                + (f", study types {', '.join(data['study_types'])}" if data.get("study_types") else ""),
+            studies=data["studies"], views=data["views"], threshold=result["threshold"]["value"],
+            model=f"{result['model']['name']} {result['model']['version']}",
+            by_study_type={t: {"studies": m["n"], "auroc": m["auroc"], "kappa": m["kappa"]}
+                           for t, m in result["by_study_type"].items()})
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: not a complete radtriage evaluation (missing {exc})") from None
+    return held
+
+
 def evaluate(
     checkpoint: Path | str,
     data_root: Path | str,
@@ -404,7 +447,8 @@ def evaluate(
         "data": {"root": str(data_root), "layout": chosen_layout, "split": split,
                  "study_types": list(wanted) if wanted else None,
                  "studies": len(scored), "studies_not_analysed": len(studies) - len(scored),
-                 "views": len(views), "views_not_analysed": sum(p is None for p in probabilities)},
+                 "views": len(views), "views_not_analysed": sum(p is None for p in probabilities),
+                 "phantoms": _phantoms_of(data_root)},
         "threshold": {"value": thr, "source": source},
         "target_sensitivity": target_sensitivity,
         "aggregation": "study probability = mean of its scored views' probabilities (MURA)",

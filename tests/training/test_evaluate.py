@@ -38,7 +38,9 @@ from training.evaluate import (  # noqa: E402
     EXIT_OK,
     EXIT_USAGE,
     POINTING_GAME_UNAVAILABLE,
+    _phantoms_of,
     evaluate,
+    held_out_metrics,
 )
 
 PREP = Preprocessing(size=64)
@@ -376,3 +378,41 @@ def test_cli_errors(case: str, expected: int, message: str, checkpoint: Path, mu
     assert code == expected
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("radtriage: cannot evaluate: ") and message in err
+
+
+# -- an evaluation on a card -------------------------------------------------------------------
+
+
+def test_an_evaluation_goes_on_the_card_as_held_out(mura_result: tuple[dict, Path], checkpoint: Path,
+                                                    tmp_path: Path) -> None:
+    result, out = mura_result
+    assert result["data"]["phantoms"] is None  # drawn by the test, not by radtriage phantoms
+    held = held_out_metrics(result)
+    assert held["auroc"] == result["overall"]["auroc"] and held["kappa"] == result["overall"]["kappa"]
+    assert held["studies"] == result["data"]["studies"] and held["set"] == f"{result['data']['root']}, split valid"
+    assert set(held["by_study_type"]) == set(result["by_study_type"])
+    code = main(["import-model", str(checkpoint), "--out", str(tmp_path / "stamped.pt"), "--name", "eval-test",
+                 "--version", "0.0.2", "--evaluation", str(out / "metrics.json")],
+                out=io.StringIO(), err=io.StringIO())
+    assert code == EXIT_OK
+    card = load_checkpoint(tmp_path / "stamped.pt", allow_untrained=True)[1]
+    assert card.metrics["held_out"] == json.loads(json.dumps(held))
+    err = io.StringIO()
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    assert main(["import-model", str(checkpoint), "--out", str(tmp_path / "x.pt"), "--name", "n", "--version",
+                 "1", "--evaluation", str(tmp_path / "other.json")], out=io.StringIO(), err=err) == EXIT_USAGE
+    assert "other.json: not a radtriage evaluation" in err.getvalue() and not (tmp_path / "x.pt").exists()
+
+
+def test_phantom_data_are_named_by_their_seed(tmp_path: Path) -> None:
+    from training.phantoms import VERSION, generate
+
+    generate(tmp_path, studies=2, seed=2, formats=("mura",), size=96, workers=1)
+    result = {"format": "radtriage-evaluation/1", "overall": {k: 0.9 for k in
+                                                             ("auroc", "kappa", "accuracy", "sensitivity",
+                                                              "specificity", "ece")},
+              "data": {"root": str(tmp_path), "split": "valid", "study_types": None, "studies": 400,
+                       "views": 950, "phantoms": _phantoms_of(tmp_path)},
+              "threshold": {"value": 0.5}, "model": {"name": "m", "version": "1"}, "by_study_type": {}}
+    held = held_out_metrics(result)
+    assert held["set"] == f"radtriage phantoms --seed 2 (2 studies, generator {VERSION}), split valid"
