@@ -302,8 +302,9 @@ def _card_threshold(card: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _phantoms_of(data_root: Path) -> dict[str, Any] | None:
-    """How ``radtriage phantoms`` made ``data_root`` (its ``phantoms.json``), or None."""
+def phantoms_of(data_root: Path) -> dict[str, Any] | None:
+    """How ``radtriage phantoms`` made ``data_root`` (its ``phantoms.json``: generator version,
+    seed, number of studies), or None when it holds no phantoms."""
     try:
         meta = json.loads((data_root / "phantoms.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -448,7 +449,7 @@ def evaluate(
                  "study_types": list(wanted) if wanted else None,
                  "studies": len(scored), "studies_not_analysed": len(studies) - len(scored),
                  "views": len(views), "views_not_analysed": sum(p is None for p in probabilities),
-                 "phantoms": _phantoms_of(data_root)},
+                 "phantoms": phantoms_of(data_root)},
         "threshold": {"value": thr, "source": source},
         "target_sensitivity": target_sensitivity,
         "aggregation": "study probability = mean of its scored views' probabilities (MURA)",

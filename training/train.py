@@ -101,16 +101,13 @@ from training.datasets import (
     prepare_path,
     read_views,
 )
-from training.evaluate import _count
+from training.evaluate import _count, phantoms_of
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "radtriage-training-state/1"
 HISTORY_FORMAT = "radtriage-training-history/1"
 BEST, LAST, STATE, HISTORY = "best.pt", "last.pt", "state.pt", "history.json"
-#: The file ``radtriage phantoms`` writes at the top of its output: data that are synthetic
-#: radiographs, so the card of a model trained on them says ``demo: true``.
-PHANTOMS_MARK = "phantoms.json"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 #: Seconds between progress lines when the stream is not a terminal (a terminal gets one line,
 #: rewritten in place).
@@ -783,13 +780,16 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
     cache_train = len(train_views) * per_view <= budget
     fill = black(prep)
     #: a model that has seen only phantoms says so on every output
-    demo = (data_root / PHANTOMS_MARK).is_file()
+    phantoms = phantoms_of(data_root)
+    demo = phantoms is not None
     description = (f"DenseNet ({arch}) with one logit trained by radtriage train: the MURA recipe "
                    f"(class-weighted BCE per study type, Adam lr {lr:g}, ReduceLROnPlateau x0.1 "
                    f"patience 1, batch {batch_size}, flip {'on' if flip else 'off'}, rotation "
                    f"+-{rotation:g} deg, seed {seed}, {precision})")
     training_data = (
-        f"{chosen_name(data_info['layout'])} at {data_root}, split {data_info['train']['split']} "
+        (f"radtriage phantoms --seed {phantoms['seed']} ({phantoms['studies']} studies, generator "
+         f"{phantoms['version']}), " if phantoms else "")
+        + f"{chosen_name(data_info['layout'])} at {data_root}, split {data_info['train']['split']} "
         f"({data_info['train']['views']} views, {data_info['train']['studies']} studies: "
         f"{data_info['train']['abnormal_studies']} abnormal), study types "
         f"{', '.join(data_info['study_types']) if data_info['study_types'] else 'all'}; validated on "

@@ -38,7 +38,7 @@ from training.evaluate import (  # noqa: E402
     EXIT_OK,
     EXIT_USAGE,
     POINTING_GAME_UNAVAILABLE,
-    _phantoms_of,
+    phantoms_of,
     evaluate,
     held_out_metrics,
 )
@@ -412,7 +412,7 @@ def test_phantom_data_are_named_by_their_seed(tmp_path: Path) -> None:
                                                              ("auroc", "kappa", "accuracy", "sensitivity",
                                                               "specificity", "ece")},
               "data": {"root": str(tmp_path), "split": "valid", "study_types": None, "studies": 400,
-                       "views": 950, "phantoms": _phantoms_of(tmp_path)},
+                       "views": 950, "phantoms": phantoms_of(tmp_path)},
               "threshold": {"value": 0.5}, "model": {"name": "m", "version": "1"}, "by_study_type": {}}
     held = held_out_metrics(result)
     assert held["set"] == f"radtriage phantoms --seed 2 (2 studies, generator {VERSION}), split valid"

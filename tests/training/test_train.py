@@ -261,7 +261,7 @@ def test_a_model_trained_on_phantoms_is_a_demo_model(tmp_path: Path) -> None:
     generate(tmp_path / "phantoms", studies=6, seed=3, formats=("mura",), size=96, workers=1)
     run(tmp_path / "phantoms", tmp_path / "run", epochs=1, max_steps=1)
     card = read_checkpoint(tmp_path / "run/best.pt").card
-    assert card.demo
+    assert card.demo and card.training_data.startswith("radtriage phantoms --seed 3 (6 studies, generator ")
     assert card.notice == "DEMO MODEL - trained on synthetic radiographs - not for clinical use"
 
 
