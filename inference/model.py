@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -321,18 +321,24 @@ def save_checkpoint(
         state = _half(state)
     card = replace(card, sha256=weights_sha256(state))
     blob = {"format": FORMAT, "arch": card.arch, "card": card.to_dict(), "state_dict": state}
+    atomic_write(path, lambda f: torch.save(blob, f))
+    return card
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """``write(file)`` into a temporary file beside ``path``, synced, then renamed onto it: a
+    reader sees the old file or the whole new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return card
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -85,6 +84,7 @@ from inference.errors import CheckpointError, WeightsMismatchError
 from inference.model import (
     ARCHITECTURES,
     ModelCard,
+    atomic_write,
     build_model,
     fit_state_dict,
     load_weights,
@@ -384,27 +384,12 @@ def load_initial_weights(model: nn.Module, path: Path | str, arch: str) -> dict[
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """``write(file)`` into a temporary file beside ``path``, synced, then renamed onto it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: Any) -> None:
     def write(f: Any) -> None:
         json.dump(data, f, indent=2, allow_nan=False)
         f.write("\n")
 
-    _atomic_write(path, write, "w")
+    atomic_write(path, write, "w")
 
 
 def _views_fingerprint(views: Sequence[View]) -> str:
@@ -845,7 +830,7 @@ def _run(*, data_root: Path, out: Path, config: dict[str, Any], saved: dict[str,
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "best_loss": best_loss, "best_epoch": best_epoch, "best_card": best_card,
                              "history": history, "rng": _rng_states(dev), "initial_weights": init_info}
-                    _atomic_write(out / STATE, lambda f: torch.save(state, f))
+                    atomic_write(out / STATE, lambda f: torch.save(state, f))
                 except OSError as exc:
                     raise TrainingError(f"{out}: cannot write the checkpoints: {exc.strerror or exc}") from exc
                 if progress is not None:
