@@ -52,7 +52,7 @@ import numpy as np
 from dicom_io.bodypart import MURA_STUDY_TYPES
 
 #: bumped whenever the same seed would give different files
-VERSION = "1.1"
+VERSION = "1.2"
 
 STUDY_TYPES: tuple[str, ...] = MURA_STUDY_TYPES
 FINDINGS: tuple[str, ...] = ("fracture", "lytic", "sclerotic", "hardware", "dislocation")
@@ -554,14 +554,15 @@ def _axis_bone(study_type: str, finger: int) -> str:
 
 def _targets(kind: str, study_type: str, finger: int) -> list[tuple[str, float, float, float]]:
     """Where a finding of ``kind`` may go in ``study_type``: (target, tau from, tau to, weight)."""
-    ph = [(p, 0.2, 0.8, 1.0) for k in range(1, 6) for p in _phalanx_names(k) if not p.endswith("3")]
-    mcs = [(f"mc{k}", 0.2, 0.85, 1.0) for k in range(1, 6)]
     own = [(p, 0.2, 0.8, 1.0) for p in _phalanx_names(finger)]
+    # a whole hand at 224 px leaves a middle phalanx a few pixels wide: HAND studies carry their
+    # findings on the metacarpals and proximal phalanges (FINGER studies show the small ones)
+    hand = [(f"mc{k}", 0.2, 0.85, 1.5) for k in range(1, 6)] + [(f"p{k}1", 0.2, 0.8, 1.0) for k in range(1, 6)]
     if kind == "dislocation":
         return {
             "SHOULDER": [("humerus", 0, 0, 1.0)], "HUMERUS": [("humerus", 0, 0, 1.0)],
             "ELBOW": [("forearm", 0, 0, 1.0)], "WRIST": [("hand", 0, 0, 1.0)], "FOREARM": [],
-            "HAND": [(p, 0, 0, 1.0) for k in range(1, 6) for p in _phalanx_names(k)],
+            "HAND": [(f"p{k}1", 0, 0, 1.0) for k in range(1, 6)],  # at the MCP joint
             "FINGER": [(p, 0, 0, 1.0) for p in _phalanx_names(finger)],
         }[study_type]
     if kind == "fracture":
@@ -571,7 +572,7 @@ def _targets(kind: str, study_type: str, finger: int) -> list[tuple[str, float, 
             "ELBOW": [("humerus", 0.82, 0.9, 1.0), ("radius", 0.0, 0.07, 1.0), ("ulna", 0.02, 0.12, 1.0)],
             "FOREARM": [("radius", 0.2, 0.85, 1.0), ("ulna", 0.2, 0.85, 1.0)],
             "WRIST": [("radius", 0.87, 0.95, 3.0), ("ulna", 0.9, 0.96, 0.5), ("scaphoid", 0.35, 0.65, 2.0)],
-            "HAND": mcs + ph,
+            "HAND": hand,
             "FINGER": [(p, 0.15, 0.85, 1.0) for p in _phalanx_names(finger)],
         }[study_type]
     if kind in ("lytic", "sclerotic"):
@@ -581,7 +582,7 @@ def _targets(kind: str, study_type: str, finger: int) -> list[tuple[str, float, 
             "ELBOW": [("humerus", 0.82, 0.9, 1.0), ("radius", 0.06, 0.16, 1.0), ("ulna", 0.08, 0.18, 1.0)],
             "FOREARM": [("radius", 0.12, 0.88, 1.0), ("ulna", 0.12, 0.88, 1.0)],
             "WRIST": [("radius", 0.8, 0.92, 2.0), ("ulna", 0.84, 0.92, 1.0)],
-            "HAND": mcs + ph,
+            "HAND": hand,
             "FINGER": own[:2],
         }[study_type]
     if kind == "hardware":
@@ -591,7 +592,7 @@ def _targets(kind: str, study_type: str, finger: int) -> list[tuple[str, float, 
             "ELBOW": [("humerus", 0.76, 0.86, 1.0), ("ulna", 0.03, 0.1, 1.0)],
             "FOREARM": [("radius", 0.3, 0.75, 1.0), ("ulna", 0.3, 0.75, 1.0)],
             "WRIST": [("radius", 0.84, 0.9, 2.0), ("scaphoid", 0.5, 0.5, 1.0)],
-            "HAND": mcs + ph,
+            "HAND": hand,
             "FINGER": own,
         }[study_type]
     raise ValueError(f"unknown finding {kind!r} (one of {', '.join(FINDINGS)})")
