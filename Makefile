@@ -24,13 +24,16 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg
 	touch $@
 
 # Debian tools the tests talk to: DCMTK (storescu, storescp, dcmdump, dcmcjpeg, dcmcjpls,
-# dcmcrle), dicom3tools (dciodvfy) and OpenJPH (ojph_compress: the HTJ2K test files).
+# dcmcrle), dicom3tools (dciodvfy), OpenJPH (ojph_compress: the HTJ2K test files) and Orthanc
+# with its DICOMweb plugin (a real PACS for the integration tests).
 # Installed only when missing; needs root (or sudo).
 test-tools:
 	@missing=""; \
 	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
 	command -v ojph_compress >/dev/null 2>&1 || missing="$$missing openjph-tools"; \
+	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
+	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

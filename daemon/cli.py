@@ -132,7 +132,8 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
             "model": f"{scorer.card.display_name} {scorer.card.version}",
             "notice": scorer.card.notice,
             "views": [{"sop_instance_uid": o.sop_instance_uid, "path": str(p), "probability": o.probability,
-                       "study_type": o.study_type, "frames": o.frames, "error": o.error}
+                       "study_type": o.study_type, "frames": o.frames, "error": o.error,
+                       "peak_box": list(o.box) if o.box is not None else None}
                       for o, (_, _, p) in zip(outcomes, views)],
         })
     if unreadable:

@@ -129,6 +129,10 @@ class ModelConfig(_Section):
         0.5, gt=0, lt=1, description="Study probability at or above which the study is abnormal."
     )
     cpu_threads: int = Field(0, ge=0, le=256, description="torch threads on the CPU; 0: torch's default.")
+    heatmap: Literal["cam", "gradcam"] = Field(
+        "cam", description="cam: the exact class activation map, from the scoring pass; gradcam: "
+        "Grad-CAM (a backward pass more)."
+    )
     allow_untrained: bool = Field(
         False,
         description="Serve a checkpoint whose card says it was never trained (plumbing tests only; "
@@ -251,11 +255,58 @@ class PriorityConfig(_Section):
         return self
 
 
+ObjectKind = Literal["sr", "summary", "kos", "gsps", "order", "result"]
+#: What each kind of destination can take; ``objects`` defaults to all of it (that is enabled).
+DESTINATION_OBJECTS: dict[str, tuple[str, ...]] = {
+    "dicom": ("sr", "summary", "kos", "gsps"),
+    "dicomweb": ("sr", "summary", "kos", "gsps"),
+    "return_to_sender": ("sr", "summary", "kos", "gsps"),
+    "hl7": ("order", "result"),
+}
+#: The keys each kind needs, and the keys it may have besides name, type and objects.
+_DESTINATION_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "dicom": (("ae_title", "host", "port"), ("tls",)),
+    "dicomweb": (("url",), ("username", "password", "headers", "ca_file")),
+    "return_to_sender": (("port",), ("ae_title", "tls")),
+    "hl7": (("host", "port"), ("message", "receiving_application", "receiving_facility")),
+}
+
+
+class TLSConfig(_Section):
+    """TLS for a DICOM destination: verify the peer against ``ca_file``; present our certificate."""
+
+    ca_file: Path | None = Field(None, description="CA certificates (PEM) the peer must chain to; "
+                                 "null: the system's.")
+    cert_file: Path | None = Field(None, description="Our client certificate (PEM), if the peer asks.")
+    key_file: Path | None = Field(None, description="Its private key (PEM).")
+    check_hostname: bool = Field(True, description="The peer's certificate must name its host.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TLSConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class Destination(_Section):
+    """Where results go. ``type`` says how; each type takes its own keys (config.yaml lists them)."""
+
     name: str = Field(description="Unique name, used in logs and the delivery queue.")
-    ae_title: AETitle
-    host: str
-    port: int = Field(ge=1, le=65535)
+    type: Literal["dicom", "dicomweb", "hl7", "return_to_sender"] = "dicom"
+    objects: list[ObjectKind] | None = Field(
+        None, description="What this destination is sent; null: all its type can take.")
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: TLSConfig | None = None
+    url: str | None = None
+    username: str | None = None
+    password: str | None = None
+    headers: dict[str, str] | None = None
+    ca_file: Path | None = None
+    message: Literal["ORM^O01", "OMI^O23"] = "ORM^O01"
+    receiving_application: str = "RIS"
+    receiving_facility: str = "RIS"
 
     @field_validator("name")
     @classmethod
@@ -263,6 +314,45 @@ class Destination(_Section):
         if not _NAME.match(value):
             raise ValueError("letters, digits, '_', '.', '-' only, at most 64")
         return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("a DICOMweb base URL: http(s)://host[:port]/path")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_type(self) -> "Destination":
+        required, optional = _DESTINATION_KEYS[self.type]
+        missing = [k for k in required if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.type} destination needs {', '.join(missing)}")
+        given = {k for k in self.model_fields_set} - {"name", "type", "objects"}
+        stray = sorted(given - set(required) - set(optional))
+        if stray:
+            raise ValueError(f"a {self.type} destination does not take {', '.join(stray)}")
+        if self.objects is not None:
+            wrong = [o for o in self.objects if o not in DESTINATION_OBJECTS[self.type]]
+            if wrong:
+                raise ValueError(f"a {self.type} destination cannot take {', '.join(wrong)}; "
+                                 f"it takes {', '.join(DESTINATION_OBJECTS[self.type])}")
+        return self
+
+    def resolved(self, anchor) -> "Destination":  # type: ignore[no-untyped-def]
+        """A copy with its certificate paths anchored at the config's folder."""
+        update: dict[str, Any] = {}
+        if self.ca_file is not None:
+            update["ca_file"] = anchor(self.ca_file)
+        if self.tls is not None:
+            update["tls"] = self.tls.model_copy(update={
+                k: anchor(getattr(self.tls, k)) for k in ("ca_file", "cert_file", "key_file")
+                if getattr(self.tls, k) is not None})
+        return self.model_copy(update=update) if update else self
+
+    def takes(self, kind: str) -> bool:
+        """Whether objects of ``kind`` (sr, summary, kos, gsps, order, result) go here."""
+        return kind in (self.objects if self.objects is not None else DESTINATION_OBJECTS[self.type])
 
 
 class DispatchConfig(_Section):
@@ -288,6 +378,22 @@ class ReportConfig(_Section):
     )
     series_number: int = Field(9901, ge=1, le=2**31 - 1, description="Series Number of the SR.")
     manufacturer: str = Field("radtriage", min_length=1, max_length=64)
+    summary: Literal["study", "per_view", "off"] = Field(
+        "off", description="study: one summary Secondary Capture per study; per_view: one "
+        "overlay image per view; off: none."
+    )
+    summary_series_number: int = Field(9902, ge=1, le=2**31 - 1)
+
+    @field_validator("summary", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare off as false
+    key_objects: bool = Field(False, description="A Key Object Selection (Of Interest) of the "
+                              "abnormal views and the SR, for an abnormal study.")
+    key_objects_series_number: int = Field(9903, ge=1, le=2**31 - 1)
+    presentation_state: bool = Field(False, description="A GSPS with each scored view's peak "
+                                     "region as a graphic that can be toggled.")
+    presentation_state_series_number: int = Field(9904, ge=1, le=2**31 - 1)
 
 
 class LoggingConfig(_Section):
@@ -336,6 +442,7 @@ class Config(_Section):
                 "storage": self.storage.model_copy(update={"path": anchor(self.storage.path)}),
                 "database": self.database.model_copy(update={"url": url}),
                 "model": self.model.model_copy(update={"checkpoint": anchor(self.model.checkpoint)}),
+                "destinations": [d.resolved(anchor) for d in self.destinations],
                 "logging": self.logging.model_copy(
                     update={"file": anchor(self.logging.file) if self.logging.file else None}
                 ),
@@ -380,7 +487,10 @@ def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if isinstance(value, dict):  # a section's own check: name the item, not its type
+        named = f" ({value['name']!r})" if isinstance(value.get("name"), str) else ""
+        return f"{key}{named}: {msg}"
+    shown = repr(value) if not isinstance(value, list) else type(value).__name__
     return f"{key} = {shown}: {msg}"
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import case, func, select
 from daemon.config import DispatchConfig
 from daemon.logs import study_logger
 from db import Database, Delivery, DeliveryState, Event, EventKind, Study, StudyResult, StudyState, utcnow
-from dicom_io.destinations import Destination
+from dicom_io.destinations import Destination, Origin
 from dicom_io.errors import SendError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Dispatcher:
         self.clock = clock
         self.stopping = threading.Event()
 
-    def _claim(self) -> tuple[int, str, str, str] | None:
+    def _claim(self) -> tuple[int, str, str, str, Origin | None] | None:
         now = self.clock()
         with self.db.session() as s:
             d = s.scalars(
@@ -56,7 +56,11 @@ class Dispatcher:
             if d is None:
                 return None
             d.state = DeliveryState.SENDING
-            return d.id, d.destination, d.path, d.result.study.study_instance_uid
+            study = d.result.study
+            assoc = study.last_association
+            origin = (Origin(ae_title=study.calling_ae, host=assoc.peer_host)
+                      if study.calling_ae and assoc is not None else None)
+            return d.id, d.destination, d.path, study.study_instance_uid, origin
 
     def run_due(self, limit: int = 100) -> int:
         """Send what is due now, one after another; return how many were attempted.
@@ -72,7 +76,8 @@ class Dispatcher:
             self._attempt(*claimed)
         return attempted
 
-    def _attempt(self, delivery_id: int, dest_name: str, relpath: str, study_uid: str) -> None:
+    def _attempt(self, delivery_id: int, dest_name: str, relpath: str, study_uid: str,
+                 origin: Origin | None = None) -> None:
         slog = study_logger(log, study_uid)
         dest = self.destinations.get(dest_name)
         error: str | None = None
@@ -80,7 +85,7 @@ class Dispatcher:
             error = f"destination {dest_name!r} is no longer configured"
         else:
             try:
-                dest.send(self.root / relpath)
+                dest.send(self.root / relpath, origin=origin)
             except SendError as exc:
                 error = str(exc)
             except Exception as exc:  # a destination's bug is a failed attempt, retried like any

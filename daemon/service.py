@@ -22,6 +22,7 @@ from daemon.receiver import Receiver
 from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, build_pool, recover
 from db import Database, utcnow
 from dicom_io.destinations import Destination, DicomStore
+from dicom_io.errors import SendError
 from dicom_io.pixels import Preprocessing
 from dicom_io.prepare import PreparePool
 
@@ -73,13 +74,46 @@ def model_preprocessing(config: Config, card: "ModelCard") -> Preprocessing:  # 
     return trained
 
 
+def _tls(tls):  # type: ignore[no-untyped-def]
+    from dicom_io.destinations import TLSOptions
+
+    if tls is None:
+        return None
+    return TLSOptions(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file,
+                      check_hostname=tls.check_hostname)
+
+
+def build_destination(d, config: Config) -> Destination:  # type: ignore[no-untyped-def]
+    """One configured destination as the object that sends to it; StartupError when it cannot be
+    (a certificate file that cannot be read)."""
+    try:
+        return _build_destination(d, config)
+    except SendError as exc:
+        raise StartupError(f"destinations: {d.name}: {exc}") from exc
+
+
+def _build_destination(d, config: Config) -> Destination:  # type: ignore[no-untyped-def]
+    from dicom_io.destinations import DicomWebStore, ReturnToSender
+
+    timeout, calling = config.dispatch.timeout_s, config.dispatch.calling_ae_title
+    if d.type == "dicom":
+        return DicomStore(name=d.name, ae_title=d.ae_title, host=d.host, port=d.port,
+                          calling_ae_title=calling, timeout_s=timeout, tls=_tls(d.tls))
+    if d.type == "dicomweb":
+        return DicomWebStore(name=d.name, url=d.url, timeout_s=timeout, headers=d.headers,
+                             ca_file=d.ca_file, username=d.username, password=d.password)
+    if d.type == "return_to_sender":
+        return ReturnToSender(name=d.name, port=d.port, ae_title=d.ae_title,
+                              calling_ae_title=calling, timeout_s=timeout, tls=_tls(d.tls))
+    if d.type == "hl7":
+        from dicom_io.hl7 import MLLPDestination
+
+        return MLLPDestination(name=d.name, host=d.host, port=d.port, timeout_s=timeout)
+    raise StartupError(f"destinations: {d.name}: unknown type {d.type!r}")
+
+
 def build_destinations(config: Config) -> dict[str, Destination]:
-    return {
-        d.name: DicomStore(name=d.name, ae_title=d.ae_title, host=d.host, port=d.port,
-                           calling_ae_title=config.dispatch.calling_ae_title,
-                           timeout_s=config.dispatch.timeout_s)
-        for d in config.destinations
-    }
+    return {d.name: build_destination(d, config) for d in config.destinations}
 
 
 class Service:

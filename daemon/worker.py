@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import threading
-from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 from pydicom import dcmread
@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 
 from daemon.config import Config
 from daemon.logs import setup_logging, study_logger
+from daemon.products import SELECTOR, Product, ViewProduct, make_products
 from db import (
     Association,
     Database,
@@ -35,6 +36,7 @@ from db import (
     EventKind,
     ImageScore,
     Instance,
+    OutputObject,
     Study,
     StudyResult,
     StudyState,
@@ -44,7 +46,9 @@ from dicom_io.errors import DicomIOError
 from dicom_io.bodypart import study_type_of_study
 from dicom_io.pixels import DecodeOptions, Preprocessing
 from dicom_io.prepare import PreparePool
-from dicom_io.sr import TriageReport, ViewScore, build_triage_sr, series_description
+from dicom_io.geometry import ViewGeometry, peak_box
+from dicom_io.heatmaps import encode_heatmap
+from dicom_io.sr import PRIORITIES, TriageReport, ViewScore, series_description
 from dicom_io.storage import durable_write, output_relpath
 from inference.policy import is_abnormal, priority_for, study_probability
 
@@ -72,6 +76,13 @@ class ViewOutcome:
     error: str | None
     study_type: str | None = None
     frames: int = 1
+    #: the heatmap of the view's most suspicious frame, on the model's feature grid, and how that
+    #: frame became model input; None when not scored or the scorer gives no heatmaps
+    heatmap: np.ndarray | None = None
+    geometry: ViewGeometry | None = None
+    #: the heatmap's peak region in the original image's pixel coordinates
+    box: tuple[float, float, float, float] | None = None
+    thumbnail: np.ndarray | None = None
 
 
 def device_uid(name: str, version: str) -> str:
@@ -79,37 +90,54 @@ def device_uid(name: str, version: str) -> str:
     return generate_uid(entropy_srcs=[DEVICE_UID_NAMESPACE, name, version])
 
 
+def _score_frames(scorer: ViewScorer, frames: list[np.ndarray], heatmap: str | None
+                  ) -> list[tuple[float, np.ndarray | None]]:
+    with_maps = getattr(scorer, "score_with_heatmaps", None)
+    if heatmap and with_maps is not None:
+        return [(float(p), m) for p, m in with_maps(frames, heatmap)]
+    return [(float(p), None) for p in scorer.score(frames)]
+
+
 def score_views(scorer: ViewScorer, pool: PreparePool,
-                paths: Sequence[tuple[int, str, Path]]) -> list[ViewOutcome]:
+                paths: Sequence[tuple[int, str, Path]], *, heatmap: str | None = "cam"
+                ) -> list[ViewOutcome]:
     """Prepare every view in the pool, score every prepared frame in batches, keep the reasons.
 
-    A multi-frame view (``decoding.multiframe: frames``) scores the mean of its frames.
+    A multi-frame view (``decoding.multiframe: frames``) scores the mean of its frames, and
+    shows the heatmap of its most suspicious frame. ``heatmap``: cam, gradcam or None.
     """
     prepared = pool.map([p for _, _, p in paths])
     frames: list[np.ndarray] = []
-    owner: list[int] = []
+    owner: list[tuple[int, int]] = []
     for i, view in enumerate(prepared):
         if view.tensor is not None:
             frames.extend(view.tensor)
-            owner.extend([i] * view.frames)
+            owner.extend((i, f) for f in range(view.frames))
     error = None
     try:
-        probabilities = [float(p) for p in scorer.score(frames)] if frames else []
+        scored = _score_frames(scorer, frames, heatmap) if frames else []
     except Exception as exc:  # the model failed on this study: report it as not analysed
         log.exception("inference failed")
-        probabilities = []
+        scored = []
         error = f"inference failed: {type(exc).__name__}: {exc}"
-    per_view: dict[int, list[float]] = {}
-    for i, p in zip(owner, probabilities):
-        per_view.setdefault(i, []).append(p)
+    per_view: dict[int, list[tuple[float, int, np.ndarray | None]]] = {}
+    for (i, f), (p, m) in zip(owner, scored):
+        per_view.setdefault(i, []).append((p, f, m))
     outcomes = []
     for i, ((instance_id, sop_uid, _), view) in enumerate(zip(paths, prepared)):
         scores = per_view.get(i)
+        hm = geometry = box = None
+        if scores:
+            _, frame, hm = max(scores, key=lambda t: t[0])
+            geometry = view.geometry[frame] if frame < len(view.geometry) else None
+            if hm is not None and geometry is not None:
+                box = geometry.input_box_to_original(peak_box(hm, geometry.size))
         outcomes.append(ViewOutcome(
             instance_id, sop_uid,
-            probability=float(np.mean(scores)) if scores else None,
+            probability=float(np.mean([p for p, _, _ in scores])) if scores else None,
             error=view.error or (error if view.tensor is not None else None),
-            study_type=view.study_type, frames=view.frames))
+            study_type=view.study_type, frames=view.frames, heatmap=hm, geometry=geometry,
+            box=box, thumbnail=view.thumbnail if scores else None))
     return outcomes
 
 
@@ -163,9 +191,14 @@ class StudyScorer:
                 return None
             study_uid = study.study_instance_uid
             rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances]
+            previous = s.scalars(select(StudyResult).where(
+                StudyResult.study_id == study_id, StudyResult.superseded.is_(False))
+                .order_by(StudyResult.id.desc())).first()
+            previous_sr = previous.sr_path if previous is not None else None
+            raised = self._hl7_priorities_sent(s, study_id)
         slog = study_logger(log, study_uid)
         card = self.scorer.card
-        outcomes = score_views(self.scorer, self.pool, rows)
+        outcomes = score_views(self.scorer, self.pool, rows, heatmap=self.config.model.heatmap)
         probability = study_probability(o.probability for o in outcomes)
         threshold = self.config.model.threshold
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
@@ -174,6 +207,7 @@ class StudyScorer:
         if probability is None:
             errors = sorted({o.error for o in outcomes if o.error})
             reason = "no view could be scored: " + "; ".join(errors) if errors else "no views"
+        study_type = study_type_of_study(o.study_type for o in outcomes)
         report = TriageReport(
             probability=probability,
             abnormal=None if probability is None else is_abnormal(probability, threshold),
@@ -181,41 +215,77 @@ class StudyScorer:
             threshold=threshold,
             algorithm_name=card.display_name,
             algorithm_version=card.version,
-            views=tuple(ViewScore(o.sop_instance_uid, o.probability, o.error) for o in outcomes),
+            views=tuple(ViewScore(o.sop_instance_uid, o.probability, o.error, box=o.box,
+                                  study_type=o.study_type) for o in outcomes),
             reason=reason,
             notice=card.notice,
+            study_type=study_type,
         )
-        sr_uid, sr_series = generate_uid(), generate_uid()
-        sources = []
+        sources, headers = [], {}
         for _, sop_uid, path in rows:
             try:
-                sources.append(dcmread(path, stop_before_pixels=True))
+                headers[sop_uid] = ds = dcmread(path, stop_before_pixels=True)
+                sources.append(ds)
             except (OSError, InvalidDicomError, ValueError) as exc:
-                slog.warning("instance %s cannot be referenced in the SR: %s", sop_uid, exc)
+                slog.warning("instance %s cannot be referenced in the outputs: %s", sop_uid, exc)
         if not sources:
             raise DicomIOError("no stored instance of the study can be read")
-        sr = build_triage_sr(
-            report, sources,
-            series_instance_uid=sr_series, sop_instance_uid=sr_uid,
-            series_number=self.config.report.series_number,
-            device_observer_uid=device_uid(card.name, card.version),
-            manufacturer=self.config.report.manufacturer,
-            comprehensive_3d=self.config.report.sop_class == "comprehensive3d",
-            include_view_groups=True,
-        )
-        relpath = output_relpath(study_uid, sr_uid)
-        durable_write(self.root, relpath, [_encode(sr)])
-        return self._record(study_id, revision, report, outcomes, sr_uid, sr_series, relpath, slog)
+        predecessor = None
+        if previous_sr:
+            try:
+                predecessor = dcmread(self.root / previous_sr, stop_before_pixels=True)
+            except (OSError, InvalidDicomError, ValueError) as exc:
+                slog.warning("the SR this one replaces cannot be read, so it is not named: %s", exc)
+        views = [ViewProduct(o.sop_instance_uid, o.probability, o.error, o.heatmap, o.geometry,
+                             o.thumbnail, o.box, _view_label(n, headers.get(o.sop_instance_uid),
+                                                             o.study_type))
+                 for n, o in enumerate(outcomes, start=1)]
+        raise_to = {d.name: _raise_to(report.priority, sources[0], raised.get(d.name))
+                    for d in self.config.destinations if d.type == "hl7"}
+        products = make_products(self.config, report, sources, views,
+                                 device_observer_uid=device_uid(card.name, card.version),
+                                 predecessor=predecessor, hl7_raise_to=raise_to, now=self.clock())
+        written: list[tuple[Product, str]] = []
+        try:
+            for product in products:
+                relpath = output_relpath(study_uid, product.uid, product.suffix)
+                durable_write(self.root, relpath, [product.data])
+                written.append((product, relpath))
+        except BaseException:
+            for _, relpath in written:  # nothing half-made is left behind; scored again later
+                (self.root / relpath).unlink(missing_ok=True)
+            raise
+        return self._record(study_id, revision, report, outcomes, written, slog)
+
+    @staticmethod
+    def _hl7_priorities_sent(s, study_id: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        """HL7 destination -> the most urgent priority an order update already carried (or is
+        queued to) for this study: what the never-lower rule compares with."""
+        rows = s.execute(
+            select(Delivery.destination, OutputObject.detail)
+            .join(OutputObject, OutputObject.uid == Delivery.sop_instance_uid)
+            .join(StudyResult, StudyResult.id == Delivery.result_id)
+            .where(StudyResult.study_id == study_id, OutputObject.kind.in_(("ORM", "OMI")),
+                   Delivery.state.in_((DeliveryState.PENDING, DeliveryState.SENDING,
+                                       DeliveryState.DELIVERED)))).all()
+        best: dict[str, str] = {}
+        for dest, detail in rows:
+            if detail in PRIORITIES and (dest not in best
+                                         or PRIORITIES.index(detail) < PRIORITIES.index(best[dest])):
+                best[dest] = detail
+        return best
 
     def _record(self, study_id: int, revision: int, report: TriageReport,
-                outcomes: Sequence[ViewOutcome], sr_uid: str, sr_series: str, relpath: str,
+                outcomes: Sequence[ViewOutcome], written: Sequence[tuple[Product, str]],
                 slog: logging.LoggerAdapter) -> int | None:
         now = self.clock()
+        sr, sr_path = written[0]
         with self.db.session() as s:
             study = s.get(Study, study_id, with_for_update=True)
             if study is None or study.state != StudyState.SCORING or study.revision != revision:
                 slog.info("study changed while it was scored; result discarded, it will be scored again")
-                (self.root / relpath).unlink(missing_ok=True)
+                for _, relpath in written:
+                    (self.root / relpath).unlink(missing_ok=True)
                 return None
             old = s.scalars(select(StudyResult.id).where(
                 StudyResult.study_id == study_id, StudyResult.superseded.is_(False))).all()
@@ -230,24 +300,42 @@ class StudyScorer:
                 probability=report.probability, abnormal=report.abnormal, priority=report.priority,
                 threshold=report.threshold, model_name=report.algorithm_name,
                 model_version=report.algorithm_version, superseded=False,
-                sr_sop_instance_uid=sr_uid, sr_series_instance_uid=sr_series, sr_path=relpath,
-                series_description=series_description(report),
-                study_type=study_type_of_study(o.study_type for o in outcomes),
+                sr_sop_instance_uid=sr.uid, sr_series_instance_uid=sr.series_instance_uid,
+                sr_path=sr_path, series_description=series_description(report),
+                study_type=report.study_type,
             )
             s.add(result)
             s.flush()
             for o in outcomes:
-                s.add(ImageScore(result_id=result.id, instance_id=o.instance_id,
-                                 probability=o.probability, error=o.error))
-            for dest in self.config.destinations:
-                s.add(Delivery(result_id=result.id, destination=dest.name, object_kind="SR",
-                               sop_instance_uid=sr_uid, path=relpath, priority=report.priority,
-                               state=DeliveryState.PENDING, attempts=0, next_attempt_at=now,
-                               created_at=now))
+                box = o.box or (None, None, None, None)
+                s.add(ImageScore(
+                    result_id=result.id, instance_id=o.instance_id, probability=o.probability,
+                    error=o.error,
+                    heatmap=encode_heatmap(o.heatmap) if o.heatmap is not None else None,
+                    heatmap_method=self.config.model.heatmap if o.heatmap is not None else None,
+                    geometry=json.dumps(o.geometry.to_dict()) if o.geometry is not None else None,
+                    peak_x0=box[0], peak_y0=box[1], peak_x1=box[2], peak_y1=box[3]))
+            deliveries = 0
+            for product, relpath in written:
+                s.add(OutputObject(result_id=result.id, kind=product.kind, uid=product.uid,
+                                   series_instance_uid=product.series_instance_uid, path=relpath,
+                                   detail=product.detail))
+                for dest in self.config.destinations:
+                    if not dest.takes(SELECTOR[product.kind]) or (
+                            product.destination is not None and product.destination != dest.name):
+                        continue
+                    s.add(Delivery(result_id=result.id, destination=dest.name,
+                                   object_kind=product.kind, sop_instance_uid=product.uid,
+                                   path=relpath, priority=report.priority,
+                                   state=DeliveryState.PENDING, attempts=0, next_attempt_at=now,
+                                   created_at=now))
+                    deliveries += 1
             study.scored_at = now
-            study.state = StudyState.DISPATCHING if self.config.destinations else StudyState.SCORED
+            study.state = StudyState.DISPATCHING if deliveries else StudyState.SCORED
             kind = EventKind.SCORED if report.probability is not None else EventKind.NOT_ANALYSED
-            s.add(Event(at=now, study_id=study_id, kind=kind, detail=result.series_description))
+            made = ", ".join(f"{n} {k}" for k, n in _counts(p.kind for p, _ in written))
+            s.add(Event(at=now, study_id=study_id, kind=kind,
+                        detail=f"{result.series_description} ({made})"))
             result_id = result.id
         for o in outcomes:
             if o.error and report.probability is not None:
@@ -269,10 +357,30 @@ class StudyScorer:
             s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
 
 
-def _encode(ds: Dataset) -> bytes:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+def _counts(kinds: Iterable[str]) -> list[tuple[str, int]]:
+    seen: dict[str, int] = {}
+    for k in kinds:
+        seen[k] = seen.get(k, 0) + 1
+    return list(seen.items())
+
+
+def _view_label(number: int, ds: Dataset | None, study_type: str | None) -> str:
+    """What the summary image calls a view: its number, modality, view position, body part;
+    never patient data."""
+    parts = [f"view {number}"]
+    if ds is not None:
+        parts += [str(ds.get(k, "") or "").strip() for k in ("Modality", "ViewPosition")]
+    parts.append(study_type or "")
+    return "  ".join(p for p in parts if p)
+
+
+def _raise_to(priority: str, first: Dataset, already: str | None) -> str | None:
+    """The priority an HL7 order update raises the order to, or None (never lower it)."""
+    from daemon.products import hl7_order
+    from dicom_io.hl7 import should_raise_priority
+
+    order = hl7_order(first)
+    return priority if should_raise_priority(priority, order.order_priority, already) else None
 
 
 def recover(db: Database, now: dt.datetime) -> None:

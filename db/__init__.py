@@ -9,6 +9,7 @@ from db.models import (
     EventKind,
     ImageScore,
     Instance,
+    OutputObject,
     Study,
     StudyResult,
     StudyState,
@@ -17,5 +18,5 @@ from db.session import Database, utcnow
 
 __all__ = [
     "Association", "Base", "Database", "Delivery", "DeliveryState", "Event", "EventKind",
-    "ImageScore", "Instance", "Study", "StudyResult", "StudyState", "utcnow",
+    "ImageScore", "Instance", "OutputObject", "Study", "StudyResult", "StudyState", "utcnow",
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -185,6 +186,9 @@ class StudyResult(Base):
     deliveries: Mapped[list[Delivery]] = relationship(
         back_populates="result", order_by="Delivery.id"
     )
+    outputs: Mapped[list[OutputObject]] = relationship(
+        back_populates="result", order_by="OutputObject.id"
+    )
 
     __table_args__ = (UniqueConstraint("study_id", "study_revision", name="uq_result_revision"),)
 
@@ -199,9 +203,46 @@ class ImageScore(Base):
     instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id", ondelete="CASCADE"))
     probability: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the view's heatmap on the model's last feature grid (``dicom_io.heatmaps.encode_heatmap``:
+    #: float16, zlib-compressed, with its shape), from the pass that scored it; None when not scored
+    heatmap: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    heatmap_method: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cam | gradcam
+    #: how the view became model input (``dicom_io.geometry.ViewGeometry.to_dict``, JSON): maps the
+    #: heatmap onto the view
+    geometry: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the heatmap's peak region in the original image's pixel coordinates (columns, rows)
+    peak_x0: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_y0: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_x1: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_y1: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     result: Mapped[StudyResult] = relationship(back_populates="scores")
     instance: Mapped[Instance] = relationship()
+
+    @property
+    def peak_box(self) -> tuple[float, float, float, float] | None:
+        box = (self.peak_x0, self.peak_y0, self.peak_x1, self.peak_y1)
+        return None if any(v is None for v in box) else box  # type: ignore[return-value]
+
+
+class OutputObject(Base):
+    """One object a result produced: the SR, the summary image(s), a KOS, a GSPS, an HL7 message."""
+
+    __tablename__ = "output_object"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(
+        ForeignKey("study_result.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # SR | SC | KOS | GSPS | ORM | OMI | ORU
+    #: the SOP Instance UID of a DICOM object, the Message Control ID of an HL7 message
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to storage.path
+    #: e.g. the priority an HL7 order update raises the order to
+    detail: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    result: Mapped[StudyResult] = relationship(back_populates="outputs")
 
 
 class Delivery(Base):
@@ -214,7 +255,7 @@ class Delivery(Base):
         ForeignKey("study_result.id", ondelete="CASCADE"), index=True
     )
     destination: Mapped[str] = mapped_column(String(64))
-    object_kind: Mapped[str] = mapped_column(String(16))  # "SR"
+    object_kind: Mapped[str] = mapped_column(String(16))  # an OutputObject kind: SR, SC, ...
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)  # relative to storage.path
     priority: Mapped[str] = mapped_column(String(16))
@@ -229,7 +270,7 @@ class Delivery(Base):
 
     __table_args__ = (
         Index("ix_delivery_due", "state", "next_attempt_at"),
-        UniqueConstraint("result_id", "destination", "object_kind", name="uq_delivery_object"),
+        UniqueConstraint("result_id", "destination", "sop_instance_uid", name="uq_delivery_object"),
     )
 
 

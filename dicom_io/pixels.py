@@ -53,6 +53,7 @@ from pydicom.pixels.utils import _get_jpg_parameters  # JPEG / JPEG-LS SOF parse
 from pydicom import uid
 
 from dicom_io.errors import InvalidInstance, PixelDecodeError, UnsupportedInstance
+from dicom_io.geometry import ViewGeometry
 
 log = logging.getLogger(__name__)
 
@@ -850,9 +851,22 @@ def normalise(grey: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 def to_model_input(grey: np.ndarray, prep: Preprocessing = Preprocessing()) -> np.ndarray:
     """A displayed view (uint8 H x W) -> the model's input, by ``prep``'s steps."""
+    return to_model_input_with_crop(grey, prep)[0]
+
+
+def to_model_input_with_crop(grey: np.ndarray, prep: Preprocessing = Preprocessing()
+                             ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """:func:`to_model_input` and the crop it made, (y0, y1, x0, x1) on ``grey`` (the whole view
+    without ``prep.crop``): with :class:`dicom_io.geometry.ViewGeometry` it maps a heatmap back."""
+    crop = (0, grey.shape[0], 0, grey.shape[1])
     if prep.crop:
-        y0, y1, x0, x1 = anatomy_box(grey)
+        crop = anatomy_box(grey)
+        y0, y1, x0, x1 = crop
         grey = grey[y0:y1, x0:x1]
+    return _finish_model_input(grey, prep), tuple(int(v) for v in crop)  # type: ignore[return-value]
+
+
+def _finish_model_input(grey: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if prep.clahe:
         grid = (prep.clahe_tile_grid, prep.clahe_tile_grid)
         grey = cv2.createCLAHE(clipLimit=prep.clahe_clip_limit, tileGridSize=grid).apply(
@@ -863,7 +877,24 @@ def to_model_input(grey: np.ndarray, prep: Preprocessing = Preprocessing()) -> n
 def prepare_dataset(ds: Dataset, prep: Preprocessing = Preprocessing(),
                     opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     """Every frame of a dataset as model input: float32 (frames, 3, size, size)."""
-    return np.stack([to_model_input(g, prep) for g in display_frames(ds, opts)])
+    return prepare_dataset_mapped(ds, prep, opts)[0]
+
+
+def prepare_dataset_mapped(ds: Dataset, prep: Preprocessing = Preprocessing(),
+                           opts: DecodeOptions = DecodeOptions()
+                           ) -> tuple[np.ndarray, list[ViewGeometry], list[np.ndarray]]:
+    """:func:`prepare_dataset`, each frame's :class:`ViewGeometry` and each frame as displayed
+    (uint8 at the working resolution): what a heatmap needs to be drawn on the view."""
+    displays = display_frames(ds, opts)
+    tensors, geometry = [], []
+    for grey in displays:
+        x, crop = to_model_input_with_crop(grey, prep)
+        tensors.append(x)
+        geometry.append(ViewGeometry(
+            rows=_int(ds, "Rows", grey.shape[0]), columns=_int(ds, "Columns", grey.shape[1]),
+            display_height=grey.shape[0], display_width=grey.shape[1], crop=crop,
+            size=prep.size, resize=prep.resize))
+    return np.stack(tensors), geometry, displays
 
 
 def prepare_frames(path: Path | str, prep: Preprocessing = Preprocessing(),

@@ -26,7 +26,8 @@ import numpy as np
 
 from dicom_io.bodypart import SelectionRules, select_view
 from dicom_io.errors import DicomIOError
-from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_dataset, read_dataset
+from dicom_io.geometry import ViewGeometry
+from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_dataset_mapped, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,31 @@ class PreparedView:
     study_type: str | None
     #: why the view is not scored (None when it is)
     error: str | None
+    #: how each frame became its tensor (:mod:`dicom_io.geometry`): maps a heatmap onto the view
+    geometry: tuple[ViewGeometry, ...] = ()
+    #: the first frame as displayed, its long side at most :data:`THUMBNAIL_SIZE` (uint8): what
+    #: the summary image shows, so the view is not decoded twice
+    thumbnail: np.ndarray | None = None
 
     @property
     def frames(self) -> int:
         return 0 if self.tensor is None else int(self.tensor.shape[0])
+
+
+#: The long side of :attr:`PreparedView.thumbnail`, pixels.
+THUMBNAIL_SIZE = 512
+
+
+def thumbnail(grey: np.ndarray, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """A displayed view scaled down (never up) so its long side is at most ``size``."""
+    h, w = grey.shape[:2]
+    scale = size / max(h, w)
+    if scale >= 1.0:
+        return np.ascontiguousarray(grey)
+    import cv2
+
+    return cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
@@ -65,7 +87,8 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
         study_type = selection.study_type
         if not selection.scored:
             return PreparedView(None, study_type, selection.reason)
-        return PreparedView(prepare_dataset(ds, prep, opts), study_type, None)
+        tensor, geometry, displays = prepare_dataset_mapped(ds, prep, opts)
+        return PreparedView(tensor, study_type, None, tuple(geometry), thumbnail(displays[0]))
     except DicomIOError as exc:
         return PreparedView(None, study_type, str(exc))
     except MemoryError:

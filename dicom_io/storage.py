@@ -35,8 +35,11 @@ def instance_relpath(study_uid: str, series_uid: str, sop_uid: str) -> str:
            f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
 
 
-def output_relpath(study_uid: str, sop_uid: str) -> str:
-    return f"{OUTPUTS_DIR}/{check_uid(study_uid, 'StudyInstanceUID')}/{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+def output_relpath(study_uid: str, sop_uid: str, suffix: str = ".dcm") -> str:
+    """Where an object radtriage made for a study lives: a DICOM object by its SOP Instance UID,
+    an HL7 message (``suffix=".hl7"``) by its message control ID (digits)."""
+    return (f"{OUTPUTS_DIR}/{check_uid(study_uid, 'StudyInstanceUID')}/"
+            f"{check_uid(sop_uid, 'SOPInstanceUID')}{suffix}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -466,15 +466,35 @@ class Scorer:
         if device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
-    def score(self, views: Sequence[np.ndarray]) -> list[float]:
-        """Probability of abnormality for each view, in order."""
-        out: list[float] = []
+    def _batches(self, views: Sequence[np.ndarray]):  # type: ignore[no-untyped-def]
         for start in range(0, len(views), self.batch_size):
             chunk = np.stack(views[start:start + self.batch_size]).astype(np.float32, copy=False)
             batch = torch.from_numpy(chunk).to(self.device)
             if self.device.type == "cpu":
                 batch = batch.contiguous(memory_format=torch.channels_last)
+            yield batch
+
+    @torch.inference_mode()
+    def score(self, views: Sequence[np.ndarray]) -> list[float]:
+        """Probability of abnormality for each view, in order."""
+        out: list[float] = []
+        for batch in self._batches(views):
             logits = self.model(batch).float().reshape(-1)
             out.extend(torch.sigmoid(logits).cpu().tolist())
+        return out
+
+    @torch.inference_mode()
+    def score_with_heatmaps(self, views: Sequence[np.ndarray], method: str = "cam"
+                            ) -> list[tuple[float, np.ndarray]]:
+        """(probability, heatmap) for each view, in order, from the pass that scores it: the
+        heatmap is the class activation map (``cam``, logit units; its mean is the logit) or
+        Grad-CAM (``gradcam``), float32 on the last feature grid (7 x 7 at 224 px)."""
+        from inference.cam import forward_with_heatmap
+
+        out: list[tuple[float, np.ndarray]] = []
+        for batch in self._batches(views):
+            logits, maps = forward_with_heatmap(self.model, batch, method)  # type: ignore[arg-type]
+            probs = torch.sigmoid(logits.float()).cpu().tolist()
+            arrays = maps.float().cpu().numpy()
+            out.extend((float(p), arrays[i].copy()) for i, p in enumerate(probs))
         return out

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 FORMAT = "radtriage-evaluation/1"
 DEFAULT_THRESHOLD = 0.5
 POINTING_GAME_UNAVAILABLE = "not available (no heatmaps)"
+POINTING_GAME_NO_VIEWS = "not available (no view of an abnormal study has a true box and a heatmap)"
 #: metrics.json's threshold source -> how the report says it
 _THRESHOLD_SOURCES = {"argument": "as given", "model card": "the model card's",
                       "default": "the default; the card records none"}
@@ -70,12 +71,18 @@ class EvaluationError(Exception):
 
 def score_views(scorer: Any, views: Sequence[View], prep: Preprocessing, opts: DecodeOptions,
                 rules: SelectionRules, *, workers: int = 0, progress: TextIO | None = None,
-                ) -> tuple[list[float | None], list[str | None]]:
-    """(probability, error) of every view, in order; a view that cannot be scored has None and
-    its reason. Views are prepared in ``workers`` processes (:class:`PreparePool`), scored in the
-    scorer's batches, a chunk at a time so memory stays bounded."""
+                heatmap: str | None = None,
+                ) -> tuple[list[float | None], list[str | None], list[tuple[float, float] | None]]:
+    """(probability, error, peak) of every view, in order; a view that cannot be scored has None
+    and its reason. Views are prepared in ``workers`` processes (:class:`PreparePool`), scored in
+    the scorer's batches, a chunk at a time so memory stays bounded. With ``heatmap`` (cam or
+    gradcam) a DICOM view's ``peak`` is where its heatmap is highest, in the view's pixel
+    coordinates (x, y), from the pass that scores it (its most suspicious frame's); else None."""
+    from dicom_io.geometry import peak_point
+
     probabilities: list[float | None] = [None] * len(views)
     errors: list[str | None] = [None] * len(views)
+    peaks: list[tuple[float, float] | None] = [None] * len(views)
     pool = PreparePool(prep, opts, rules, workers=workers)
     pool.task = prepare_path
     chunk = max(4 * int(getattr(scorer, "batch_size", 16)), 8 * pool.workers, 32)
@@ -84,25 +91,54 @@ def score_views(scorer: Any, views: Sequence[View], prep: Preprocessing, opts: D
             part = views[start:start + chunk]
             prepared = pool.map([v.path for v in part])
             frames: list[np.ndarray] = []
-            owner: list[int] = []
+            owner: list[tuple[int, Any]] = []
             for i, p in enumerate(prepared, start):
                 if p.tensor is None:
                     errors[i] = p.error or "not scored"
                 else:
                     frames.extend(p.tensor)
-                    owner.extend([i] * p.frames)
+                    owner.extend((i, p.geometry[f] if f < len(p.geometry) else None)
+                                 for f in range(p.frames))
             try:
-                scores = [float(s) for s in scorer.score(frames)] if frames else []
+                if heatmap and frames:
+                    pairs = scorer.score_with_heatmaps(frames, heatmap)
+                else:
+                    pairs = [(float(s), None) for s in scorer.score(frames)] if frames else []
             except RuntimeError as exc:  # torch's errors (CUDA out of memory, ...)
                 raise EvaluationError(f"inference failed: {type(exc).__name__}: {exc}") from exc
-            per_view: dict[int, list[float]] = {}
-            for i, s in zip(owner, scores):
-                per_view.setdefault(i, []).append(s)
+            per_view: dict[int, list[tuple[float, Any, Any]]] = {}
+            for (i, geometry), (s, hm) in zip(owner, pairs):
+                per_view.setdefault(i, []).append((float(s), geometry, hm))
             for i, s_list in per_view.items():
-                probabilities[i] = float(np.mean(s_list))
+                probabilities[i] = float(np.mean([s for s, _, _ in s_list]))
+                _, geometry, hm = max(s_list, key=lambda t: t[0])
+                if hm is not None and geometry is not None:
+                    peaks[i] = peak_point(hm, geometry)
             if progress is not None:
                 print(f"evaluate: {start + len(part)}/{len(views)} views", file=progress, flush=True)
-    return probabilities, errors
+    return probabilities, errors, peaks
+
+
+def pointing_game(views: Sequence[View], labels: Sequence[int],
+                  peaks: Sequence[tuple[float, float] | None]) -> dict[str, Any]:
+    """How often a view's heatmap peak falls inside one of its true boxes (Zhang et al. 2018's
+    pointing game), over the views of abnormal studies that have boxes and a heatmap; overall
+    and per finding. Box edges are inclusive pixels, so a peak at (x, y) hits [x0, x1 + 1)."""
+    hits: dict[str, list[int]] = {}
+    total: list[int] = []
+    for view, label, peak in zip(views, labels, peaks):
+        if not label or not view.boxes or peak is None:
+            continue
+        x, y = peak
+        inside = [b for b in view.boxes if b.x0 <= x < b.x1 + 1 and b.y0 <= y < b.y1 + 1]
+        total.append(int(bool(inside)))
+        for finding in {b.finding or "finding" for b in view.boxes}:
+            hits.setdefault(finding, []).append(
+                int(any((b.finding or "finding") == finding for b in inside)))
+    return {"available": bool(total), "reason": None if total else POINTING_GAME_NO_VIEWS,
+            "hit_rate": float(np.mean(total)) if total else None, "views": len(total),
+            "by_finding": {k: {"hit_rate": float(np.mean(v)), "views": len(v)}
+                           for k, v in sorted(hits.items())}}
 
 
 # -- plots (matplotlib's Agg canvas, no pyplot state) ------------------------------------------
@@ -224,8 +260,15 @@ def _blocks(result: dict[str, Any]) -> list[tuple]:
                for i, bin_ in enumerate(overall["reliability"])]))
     pg = result["pointing_game"]
     b.append(("h2", "Pointing game"))
-    b.append(("p", "Hit rate: " + (_num(pg["hit_rate"]) if pg["available"] else pg["reason"])
+    b.append(("p", "How often a view's heatmap peak"
+                   + (f" ({pg['method']})" if pg.get("method") else "")
+                   + " falls inside one of its true boxes, over the views of abnormal studies with "
+                   "boxes. Hit rate: " + (_num(pg["hit_rate"]) if pg["available"] else pg["reason"])
+                   + (f" over {pg['views']} view(s)" if pg["available"] else "")
                    + f"; {pg['views_with_boxes']} view(s) with true boxes."))
+    if pg["available"] and pg.get("by_finding"):
+        b.append(("table", ["finding", "views", "hit rate"],
+                  [[k, v["views"], _num(v["hit_rate"])] for k, v in pg["by_finding"].items()]))
     missing = [s for s in result["studies"] if s["probability"] is None]
     if missing:
         b.append(("h2", "Studies not analysed"))
@@ -364,8 +407,12 @@ def evaluate(
     decode: DecodeOptions = DecodeOptions(),
     rules: SelectionRules = SelectionRules(),
     progress: TextIO | None = None,
+    heatmap: Literal["cam", "gradcam"] | None = "cam",
 ) -> dict[str, Any]:
     """Score every labelled study of ``data_root`` with ``checkpoint``; write and return the metrics.
+
+    ``heatmap``: the heatmap whose peaks the pointing game checks against the true boxes
+    (phantoms'), None for no heatmaps.
 
     The model's preprocessing comes from its card only. ``threshold`` defaults to the card's (if
     it records one), else 0.5. ``workers``: preparation processes as in the daemon (0: one per
@@ -409,8 +456,8 @@ def evaluate(
     log.info("evaluating %s %s on %d views of %s (%s layout)", card.name, card.version,
              len(views), data_root, chosen_layout)
 
-    probabilities, errors = score_views(scorer, views, prep, decode, rules, workers=workers,
-                                        progress=progress)
+    probabilities, errors, peaks = score_views(scorer, views, prep, decode, rules, workers=workers,
+                                               progress=progress, heatmap=heatmap)
 
     from inference.policy import study_probability
 
@@ -456,8 +503,11 @@ def evaluate(
         "binning": M.BINNING,
         "overall": overall,
         "by_study_type": per_type,
-        "pointing_game": {"available": False, "reason": POINTING_GAME_UNAVAILABLE, "hit_rate": None,
-                          "views_with_boxes": sum(bool(v.boxes) for v in views)},
+        "pointing_game": {
+            **({"available": False, "reason": POINTING_GAME_UNAVAILABLE, "hit_rate": None,
+                "views": 0, "by_finding": {}} if not heatmap
+               else pointing_game(views, [v.label for v in views], peaks)),
+            "method": heatmap, "views_with_boxes": sum(bool(v.boxes) for v in views)},
         "studies": studies,
         "files": {"metrics": "metrics.json", "report": report_name, "roc": "roc.png",
                   "reliability": "reliability.png"},
@@ -533,6 +583,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--layout", choices=("auto", "mura", "dicom"), default="auto",
                         help="data layout (default: whichever DATA_ROOT holds)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--heatmap", choices=("cam", "gradcam", "none"), default="cam",
+                        help="heatmap for the pointing game (default: cam; none: no heatmaps)")
     parser.add_argument("--batch-size", type=_count(1), default=16)
     parser.add_argument("--workers", type=_count(0), default=0,
                         help="preparation processes (0: one per core, 1: none)")
@@ -555,7 +607,8 @@ def evaluate_cli(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             threshold=args.threshold, target_sensitivity=args.target_sensitivity,
             batch_size=args.batch_size, device=args.device, workers=args.workers,
             allow_untrained=args.allow_untrained, fmt=args.format,
-            layout=getattr(args, "layout", "auto"), progress=err)
+            layout=getattr(args, "layout", "auto"), progress=err,
+            heatmap=None if getattr(args, "heatmap", "cam") == "none" else getattr(args, "heatmap", "cam"))
     except (DatasetError, ValueError) as exc:
         print(f"radtriage: cannot evaluate: {exc}", file=err)
         return EXIT_USAGE

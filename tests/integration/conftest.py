@@ -80,9 +80,11 @@ class StoreSCP:
         wait_for(lambda: echo(self.port, self.ae_title), 10, "storescp to listen")
         return self
 
-    def as_destination(self) -> list[dict]:
-        """radtriage's ``destinations`` config pointing at this storescp."""
-        return [{"name": "pacs", "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port}]
+    def as_destination(self, objects: list[str] | None = ["sr"]) -> list[dict]:  # noqa: B006
+        """radtriage's ``destinations`` config pointing at this storescp; it is sent the SRs only
+        unless ``objects`` says otherwise (None: everything)."""
+        return [{"name": "pacs", "ae_title": self.ae_title, "host": "127.0.0.1", "port": self.port,
+                 "objects": objects}]
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.is_file())

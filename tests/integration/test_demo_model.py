@@ -49,17 +49,23 @@ def test_the_demo_model_triages_phantoms_and_says_what_it_is(make_daemon, pacs, 
         ds.save_as(files[-1], enforce_file_format=True)
 
     daemon = make_daemon(model={"checkpoint": str(ROOT / "models/radtriage-demo.pt"), "allow_untrained": False},
-                         destinations=pacs.as_destination()).start()
+                         destinations=pacs.as_destination(["sr", "summary"])).start()
     storescu(daemon.port, files)
-    srs = wait_for(lambda: (lambda f: f if len(f) == len(truth) else None)(pacs.files()), 180,
-                   f"{len(truth)} SRs at the PACS")
+    received = wait_for(lambda: (lambda f: f if len(f) == 2 * len(truth) else None)(pacs.files()), 180,
+                        f"{len(truth)} SRs and {len(truth)} summary images at the PACS")
+    datasets = [pydicom.dcmread(p) for p in received]
+    srs = [ds for ds in datasets if ds.Modality == "SR"]
+    summaries = [ds for ds in datasets if ds.Modality != "SR"]
+    assert len(srs) == len(summaries) == len(truth)
+    for ds in summaries:  # the summary says it too, in its header and burned into its pixels
+        assert ds.BurnedInAnnotation == "YES" and ds.SeriesDescription.endswith(" - DEMO MODEL")
+        assert DEMO_NOTICE in " ".join(str(ds.get(k, "")) for k in ("ImageComments", "DerivationDescription"))
     assert daemon.stop() == 0, daemon.output()
     log = daemon.log_path.read_text(errors="replace")
     assert f"model radtriage-demo 1.0: {DEMO_NOTICE}" in log
 
     verdicts = {}
-    for path in srs:
-        ds = pydicom.dcmread(path)
+    for ds in srs:
         assert ds.SeriesDescription.endswith(" - DEMO MODEL"), ds.SeriesDescription
         assert DEMO_NOTICE in _texts(ds)
         verdicts[ds.StudyInstanceUID] = ds.SeriesDescription

@@ -37,6 +37,7 @@ from training.evaluate import (  # noqa: E402
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    POINTING_GAME_NO_VIEWS,
     POINTING_GAME_UNAVAILABLE,
     phantoms_of,
     evaluate,
@@ -258,7 +259,7 @@ def test_evaluate_writes_everything(mura_result: tuple[dict, Path]) -> None:
     report = (out / "report.md").read_text()
     assert "![ROC curves](roc.png)" in report and "![Reliability diagram](reliability.png)" in report
     assert "UNTRAINED" in report and "never trained" in report
-    assert POINTING_GAME_UNAVAILABLE in report
+    assert POINTING_GAME_NO_VIEWS in report
 
 
 def test_evaluate_counts_and_sections(mura_result: tuple[dict, Path], checkpoint: Path) -> None:
@@ -310,12 +311,16 @@ def test_evaluate_dicom_html_in_worker_processes(checkpoint: Path, dicom_root: P
     assert result["data"]["studies"] == 3 and result["data"]["views_not_analysed"] == 0
     assert result["threshold"] == {"value": 0.25, "source": "argument"}
     assert result["overall"]["at_target_sensitivity"]["target"] == 0.5
-    assert result["pointing_game"] == {"available": False, "reason": POINTING_GAME_UNAVAILABLE,
-                                       "hit_rate": None, "views_with_boxes": 1}
+    pg = result["pointing_game"]
+    assert pg["method"] == "cam" and pg["views_with_boxes"] == 1
+    assert pg["available"] and pg["views"] == 1 and pg["hit_rate"] in (0.0, 1.0)
+    assert "Pointing game" in (tmp_path / "report.html").read_text()
     assert set(result["by_study_type"]) == {"HAND", "WRIST"}
-    # identical scores to the in-thread path
+    # identical scores to the in-thread path, with or without heatmaps
     inline = evaluate(checkpoint, dicom_root, tmp_path / "inline", allow_untrained=True,
-                      device="cpu", workers=1, threshold=0.25)
+                      device="cpu", workers=1, threshold=0.25, heatmap=None)
+    assert inline["pointing_game"]["available"] is False
+    assert inline["pointing_game"]["reason"] == POINTING_GAME_UNAVAILABLE
     assert [s["probability"] for s in inline["studies"]] == pytest.approx(
         [s["probability"] for s in result["studies"]], abs=1e-6)
 
@@ -416,3 +421,24 @@ def test_phantom_data_are_named_by_their_seed(tmp_path: Path) -> None:
               "threshold": {"value": 0.5}, "model": {"name": "m", "version": "1"}, "by_study_type": {}}
     held = held_out_metrics(result)
     assert held["set"] == f"radtriage phantoms --seed 2 (2 studies, generator {VERSION}), split valid"
+
+
+def test_pointing_game_counts_peaks_inside_true_boxes() -> None:
+    from training.datasets import Box, View
+    from training.evaluate import pointing_game
+
+    def view(*boxes: Box) -> View:
+        return View(path=Path("x.dcm"), study_key="s", label=1, study_type="WRIST", boxes=boxes)
+
+    views = [view(Box(10, 10, 19, 19, "fracture")), view(Box(0, 0, 4, 4, "lytic")),
+             view(Box(50, 50, 60, 60, "fracture"), Box(0, 0, 9, 9, "hardware")), view(), view(Box(0, 0, 9, 9))]
+    labels = [1, 1, 1, 1, 0]
+    peaks = [(19.5, 10.0), (5.0, 1.0), (5.0, 5.0), (1.0, 1.0), (1.0, 1.0)]
+    pg = pointing_game(views, labels, peaks)
+    # view 1 hits (edges inclusive), view 2 misses (x 5 is past 4), view 3 hits its hardware box;
+    # view 4 has no box and view 5 is of a normal study: neither counts
+    assert pg["available"] and pg["views"] == 3 and pg["hit_rate"] == pytest.approx(2 / 3)
+    assert pg["by_finding"] == {"fracture": {"hit_rate": 0.5, "views": 2},
+                                "hardware": {"hit_rate": 1.0, "views": 1},
+                                "lytic": {"hit_rate": 0.0, "views": 1}}
+    assert pointing_game(views, labels, [None] * 5)["available"] is False

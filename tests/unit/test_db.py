@@ -13,7 +13,8 @@ from sqlalchemy.exc import StatementError
 from db import Association, Base, Database
 from db.models import UTCDateTime
 
-TABLES = {"association", "study", "instance", "study_result", "image_score", "delivery", "event"}
+TABLES = {"association", "study", "instance", "study_result", "image_score", "delivery", "event",
+          "output_object"}
 
 
 def test_migrate_fresh_database(db_url: str) -> None:
@@ -24,7 +25,7 @@ def test_migrate_fresh_database(db_url: str) -> None:
         assert set(db.table_names()) == TABLES | {"alembic_version"}
         assert TABLES == set(Base.metadata.tables)
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
         db.migrate()  # at head already: a no-op, not an error
         assert set(db.table_names()) == TABLES | {"alembic_version"}
     finally:

@@ -272,7 +272,7 @@ def test_failed_send_of_a_result_superseded_meanwhile_is_not_retried(
     class SupersedingDown:
         name = "pacs"
 
-        def send(self, path: Path) -> None:
+        def send(self, path: Path, *, origin: object = None) -> None:
             with database.session() as s:
                 s.get(Delivery, did).result.superseded = True
             raise SendError("pacs: down")
@@ -306,7 +306,7 @@ class ExplodingDestination:
     def __init__(self) -> None:
         self.calls = 0
 
-    def send(self, path: Path) -> None:
+    def send(self, path: Path, *, origin: object = None) -> None:
         self.calls += 1
         raise RuntimeError("unexpected failure inside the destination")
 
