@@ -379,7 +379,7 @@ class ReportConfig(_Section):
     series_number: int = Field(9901, ge=1, le=2**31 - 1, description="Series Number of the SR.")
     manufacturer: str = Field("radtriage", min_length=1, max_length=64)
     summary: Literal["study", "per_view", "off"] = Field(
-        "off", description="study: one summary Secondary Capture per study; per_view: one "
+        "study", description="study: one summary Secondary Capture per study; per_view: one "
         "overlay image per view; off: none."
     )
     summary_series_number: int = Field(9902, ge=1, le=2**31 - 1)

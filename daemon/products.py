@@ -63,6 +63,13 @@ def encode(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def _lateral(ds: Dataset) -> Dataset:
+    """General Series Laterality is Type 2C (a paired body part): present, empty when unknown."""
+    if "Laterality" not in ds and "ImageLaterality" not in ds:
+        ds.Laterality = None
+    return ds
+
+
 def control_id() -> str:
     """An HL7 message control ID: 20 digits (MSH-10 is at most 20 characters in v2.5.1)."""
     return f"{uuid.uuid4().int % 10**20:020d}"
@@ -74,7 +81,7 @@ def _summary_views(views: Sequence[ViewProduct]):  # type: ignore[no-untyped-def
     out = []
     for v in views:
         if v.thumbnail is None:
-            out.append(SummaryView(display=np.zeros((256, 256), np.uint8), heatmap=None,
+            out.append(SummaryView(display=None, heatmap=None,
                                    probability=v.probability, box=None, label=v.label,
                                    error=v.error or "not shown"))
             continue
@@ -127,10 +134,10 @@ def make_products(config: Config, report: TriageReport, sources: Sequence[Datase
                 series_number=r.summary_series_number, instance_number=number,
                 manufacturer=r.manufacturer, algorithm_name=report.algorithm_name,
                 algorithm_version=report.algorithm_version,
-                series_description=series_description(report), notice=report.notice)
-            products.append(Product("SC", uid, series, encode(sc)))
+                series_description=series_description(report), notice=report.notice, now=now)
+            products.append(Product("SC", uid, series, encode(_lateral(sc))))
     if r.key_objects and report.abnormal:
-        from dicom_io.outputs import build_kos
+        from dicom_io.outputs import build_kos, kos_description
 
         key = [by_uid[v.sop_instance_uid] for v in views
                if v.probability is not None and v.probability >= report.threshold
@@ -142,20 +149,26 @@ def make_products(config: Config, report: TriageReport, sources: Sequence[Datase
             uid, series = generate_uid(), generate_uid()
             kos = build_kos(list(by_uid.values()), key, sr, series_instance_uid=series,
                             sop_instance_uid=uid, series_number=r.key_objects_series_number,
-                            manufacturer=r.manufacturer)
+                            manufacturer=r.manufacturer, description=kos_description(report),
+                            now=now)
             products.append(Product("KOS", uid, series, encode(kos)))
     if r.presentation_state:
-        from dicom_io.outputs import build_gsps
+        from dicom_io.outputs import build_gsps, gsps_groups
 
         boxes = {v.sop_instance_uid: v.box for v in views
                  if v.box is not None and v.sop_instance_uid in by_uid}
-        images = [by_uid[u] for u in boxes]
-        if images:
+        probabilities = {v.sop_instance_uid: v.probability for v in views
+                         if v.probability is not None}
+        # one presentation state per group of views that can share one (polarity, Modality LUT)
+        for number, group in enumerate(gsps_groups([by_uid[u] for u in boxes]), start=1):
             uid, series = generate_uid(), generate_uid()
-            gsps = build_gsps(images, boxes, series_instance_uid=series, sop_instance_uid=uid,
+            gsps = build_gsps(group, boxes, series_instance_uid=series, sop_instance_uid=uid,
                               series_number=r.presentation_state_series_number,
-                              manufacturer=r.manufacturer)
-            products.append(Product("GSPS", uid, series, encode(gsps)))
+                              instance_number=number, manufacturer=r.manufacturer,
+                              algorithm_name=report.algorithm_name,
+                              algorithm_version=report.algorithm_version,
+                              probabilities=probabilities, notice=report.notice, now=now)
+            products.append(Product("GSPS", uid, series, encode(_lateral(gsps))))
     products.extend(_hl7_products(config, report, first, hl7_raise_to, now))
     return products
 

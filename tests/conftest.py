@@ -19,6 +19,9 @@ import pytest
 PG_ADMIN_URL = os.environ.get("RADTRIAGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

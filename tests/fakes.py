@@ -19,3 +19,18 @@ class FixedScorer:
     def score(self, views):  # type: ignore[no-untyped-def]
         self.calls.append(len(views))
         return [self.probability] * len(views)
+
+
+@dataclass
+class HeatmapScorer(FixedScorer):
+    """FixedScorer with heatmaps: a 7 x 7 map, zero but for one hot cell (row, column)."""
+
+    hot: tuple[int, int] = (1, 5)
+
+    def score_with_heatmaps(self, views, method="cam"):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        self.calls.append(len(views))
+        hm = np.zeros((7, 7), np.float32)
+        hm[self.hot] = 4.0
+        return [(self.probability, hm.copy()) for _ in views]

@@ -120,7 +120,8 @@ def test_destination_down_at_first_gets_the_sr_exactly_once(make_daemon, tmp_pat
     pacs_port = free_port()
     files = write_study(tmp_path / "study", views=2, rows=256, columns=256)
     daemon = make_daemon(
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}],
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port,
+                       "objects": ["sr"]}],
     ).start()
     storescu(daemon.port, files)
     db = Database(daemon.db_url)

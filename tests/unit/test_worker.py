@@ -65,7 +65,9 @@ def test_a_corrupt_view_is_reported_and_the_rest_scored(tmp_path, database):
                 for se in st.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
         assert refs == {pydicom.dcmread(files[0]).SOPInstanceUID}
         assert "UNTRAINED" in sr.ManufacturerModelName  # the model is named as untrained
-        [delivery] = s.scalars(select(Delivery)).all()
+        deliveries = {d.object_kind: d for d in s.scalars(select(Delivery)).all()}
+        assert sorted(deliveries) == ["SC", "SR"]  # the SR and the summary image
+        delivery = deliveries["SR"]
         assert delivery.state == DeliveryState.PENDING and delivery.priority == "HIGH"
         assert s.get(Study, study_id).state == StudyState.DISPATCHING
 
