@@ -96,6 +96,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicom_io.errors import SendError
+#: the worklist priorities (most urgent first) and finding-site codes are the SR's, so the
+#: RIS and the PACS are told the same
+from dicom_io.sr import FINDING_SITES, PRIORITIES
 
 if TYPE_CHECKING:
     from dicom_io.destinations import Origin
@@ -120,25 +123,12 @@ log = logging.getLogger(__name__)
 VERSION = "2.5.1"
 _LEVEL = VALIDATION_LEVEL.STRICT
 
-#: radtriage's worklist priorities, most urgent first
-PRIORITIES: tuple[str, ...] = ("HIGH", "ELEVATED", "ROUTINE")
 _RANK = {"ROUTINE": 0, "ELEVATED": 1, "HIGH": 2}
 #: HL7 table 0027 / 0485 codes and their display names
 _HL7_PRIORITY = {"HIGH": ("S", "Stat"), "ELEVATED": ("A", "ASAP"), "ROUTINE": ("R", "Routine")}
 #: DICOM Requested Procedure / Scheduled Procedure Step Priority -> rank of the radtriage priority
 #: it equals (see the module docstring)
 _DICOM_RANK = {"STAT": 2, "HIGH": 1, "MEDIUM": 0, "ROUTINE": 0, "LOW": 0}
-
-#: MURA study type -> SNOMED CT body part, the codes :data:`dicom_io.sr.FINDING_SITES` uses
-FINDING_SITES = {
-    "ELBOW": codes.SCT.ElbowJoint,
-    "FINGER": codes.SCT.Finger,
-    "FOREARM": codes.SCT.Forearm,
-    "HAND": codes.SCT.Hand,
-    "HUMERUS": codes.SCT.Humerus,
-    "SHOULDER": codes.SCT.Shoulder,
-    "WRIST": codes.SCT.WristJoint,
-}
 
 _LOCAL = "99RADTRIAGE"  # HL7 local coding system for what no standard code names
 _BATTERY = ("AI-TRIAGE", "AI triage", _LOCAL)
