@@ -240,8 +240,8 @@ class StudyScorer:
                              o.thumbnail, o.box, _view_label(n, headers.get(o.sop_instance_uid),
                                                              o.study_type))
                  for n, o in enumerate(outcomes, start=1)]
-        raise_to = {d.name: _raise_to(report.priority, sources[0], raised.get(d.name))
-                    for d in self.config.destinations if d.type == "hl7"}
+        hl7_dests = [d for d in self.config.destinations if d.type == "hl7"]
+        raise_to = _raise_to(report.priority, sources[0], raised, hl7_dests) if hl7_dests else {}
         products = make_products(self.config, report, sources, views,
                                  device_observer_uid=device_uid(card.name, card.version),
                                  predecessor=predecessor, hl7_raise_to=raise_to, now=self.clock())
@@ -374,13 +374,16 @@ def _view_label(number: int, ds: Dataset | None, study_type: str | None) -> str:
     return "  ".join(p for p in parts if p)
 
 
-def _raise_to(priority: str, first: Dataset, already: str | None) -> str | None:
-    """The priority an HL7 order update raises the order to, or None (never lower it)."""
+def _raise_to(priority: str, first: Dataset, already: dict[str, str], destinations
+              ) -> dict[str, str | None]:
+    """HL7 destination -> the priority its order update raises the order to, or None (never
+    lower it): the order's own priority is read once from the study's headers."""
     from daemon.products import hl7_order
     from dicom_io.hl7 import should_raise_priority
 
-    order = hl7_order(first)
-    return priority if should_raise_priority(priority, order.order_priority, already) else None
+    own = hl7_order(first).order_priority
+    return {d.name: priority if should_raise_priority(priority, own, already.get(d.name)) else None
+            for d in destinations}
 
 
 def recover(db: Database, now: dt.datetime) -> None:
