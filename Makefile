@@ -6,7 +6,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test-tools run test bench bench-pixels bench-training clean
+.PHONY: install install-test test-tools run test bench bench-pixels bench-training bench-load clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,9 @@ bench-pixels: install-test test-tools
 
 bench-training: install-test
 	$(BIN)/python benchmarks/training.py
+
+bench-load: install-test test-tools
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -4,6 +4,8 @@
     radtriage check-config [PATH]       validate a config file and exit
     radtriage score PATH... [--json]    score files or folders offline (no network, no database)
     radtriage status                    recent studies, queue and deliveries from the database
+    radtriage retention [--dry-run]     delete stored pixel data past storage.retention_days, once
+    radtriage purge STUDY_UID [--yes] [--force]   delete everything of one study, on request
     radtriage import-model SRC --out DST --name N --version V   a model file -> a radtriage checkpoint
     radtriage evaluate CHECKPOINT DATA --out DIR                 metrics and a report
     radtriage train DATA --out DIR                               train a DenseNet (the MURA recipe)
@@ -195,6 +197,92 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_retention(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    days = config.storage.retention_days
+    if days <= 0:
+        print("storage.retention_days is 0: stored pixel data is kept forever; nothing to do",
+              file=out)
+        return EXIT_OK
+    setup_logging("WARNING", phi=config.logging.phi)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from daemon.retention import apply_retention
+    from db import Database, utcnow
+
+    db = Database(config.database.url)
+    try:
+        db.migrate()
+        report = apply_retention(db, config.storage.path, utcnow(), days=days, dry_run=args.dry_run)
+    except SQLAlchemyError as exc:
+        print(f"radtriage: retention: database {db.describe()}: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0]}", file=err)
+        return EXIT_FAILURE
+    finally:
+        db.dispose()
+    print(("dry run: " if args.dry_run else "retention: ") + report.summary(), file=out)
+    return EXIT_FAILURE if report.errors else EXIT_OK
+
+
+def _confirm(question: str, out: TextIO) -> bool | None:
+    """Ask on the terminal; None when there is none to ask on."""
+    if not sys.stdin.isatty():
+        return None
+    out.write(question)
+    out.flush()
+    return sys.stdin.readline().strip().lower() == "yes"
+
+
+def cmd_purge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load(args.config, err)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging("WARNING", phi=config.logging.phi)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from daemon.retention import NotAStudyUID, PurgeError, purge_study
+    from db import Database
+
+    if not args.yes:
+        answer = _confirm(f"Delete study {args.study_uid}: its instances, results, the objects "
+                          "radtriage made, deliveries and events? This cannot be undone. "
+                          "Type yes: ", out)
+        if answer is None:
+            print("radtriage: purge deletes a study for good: give --yes to confirm (there is "
+                  "no terminal to ask on)", file=err)
+            return EXIT_CONFIG
+        if not answer:
+            print("radtriage: not purged", file=err)
+            return EXIT_FAILURE
+    db = Database(config.database.url)
+    try:
+        db.migrate()
+        report = purge_study(db, config.storage.path, args.study_uid, force=args.force)
+    except NotAStudyUID as exc:
+        print(f"radtriage: purge: {exc}", file=err)
+        return EXIT_CONFIG
+    except PurgeError as exc:
+        print(f"radtriage: purge: {exc}", file=err)
+        return EXIT_FAILURE
+    except SQLAlchemyError as exc:
+        print(f"radtriage: purge: database {db.describe()}: {type(exc).__name__}: "
+              f"{str(exc).splitlines()[0]}; nothing was deleted", file=err)
+        return EXIT_FAILURE
+    finally:
+        db.dispose()
+    print(report.summary(), file=out)
+    print(f"audit: a 'purged' event names the study as {report.ref}", file=out)
+    for line in report.errors:
+        print(f"radtriage: purge: cannot delete {line}", file=err)
+    if report.errors:
+        print(f"radtriage: purge: the database records are gone; run `radtriage purge "
+              f"{args.study_uid}` again to delete the files left", file=err)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_import_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from inference.checkpoints import import_model_cli
 
@@ -259,6 +347,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("retention", help="delete stored pixel data past storage.retention_days, once",
+                       description="Run the retention pass the daemon runs every "
+                       "storage.retention_interval_s: delete the stored instances of settled studies "
+                       "last received more than storage.retention_days ago; results, the objects "
+                       "radtriage made and the audit trail are kept.")
+    p.add_argument("--config")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.set_defaults(func=cmd_retention)
+    p = sub.add_parser("purge", help="delete everything radtriage holds of one study, on request",
+                       description="Delete a study's instances, results, the objects radtriage made, "
+                       "deliveries and events, for good; an audit event records that a purge happened "
+                       "(naming the study by a SHA-256 of its UID).")
+    p.add_argument("study_uid", metavar="STUDY_UID", help="the Study Instance UID")
+    p.add_argument("--config")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--force", action="store_true",
+                   help="purge a study even while it is being received, scored or delivered")
+    p.set_defaults(func=cmd_purge)
     p = sub.add_parser("import-model", help="convert a model file into a radtriage checkpoint")
     p.add_argument("src", metavar="SRC", help="the model file to import")
     p.add_argument("--out", required=True, metavar="DST", help="the checkpoint to write")

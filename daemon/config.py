@@ -18,6 +18,7 @@ Loading rules:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -61,6 +62,39 @@ def _check_ae_title(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 
 
+def _check_host_pattern(value: str) -> str:
+    """A calling host: an IP address, a network in CIDR form, or a host name."""
+    text = value.strip()
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return text
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", text):
+        raise ValueError(f"{text!r} is not an IP address, a network (10.0.0.0/24) or a host name")
+    return text.lower()
+
+
+HostPattern = Annotated[str, AfterValidator(_check_host_pattern)]
+
+
+class NodeTLSConfig(_Section):
+    """DICOM over TLS for the associations the PACS opens to us."""
+
+    cert_file: Path = Field(description="Our server certificate (PEM), with its chain.")
+    key_file: Path = Field(description="Its private key (PEM).")
+    ca_file: Path | None = Field(None, description="CA certificates (PEM) that client certificates "
+                                 "must chain to; needed with require_client_cert.")
+    require_client_cert: bool = Field(False, description="Refuse a peer without a certificate "
+                                      "that chains to ca_file (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> "NodeTLSConfig":
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("require_client_cert needs ca_file, the CA client certificates chain to")
+        return self
+
+
 class NodeConfig(_Section):
     """The DICOM node radtriage presents to the PACS (the Storage SCP)."""
 
@@ -71,6 +105,11 @@ class NodeConfig(_Section):
         default_factory=list,
         description="Calling AE titles allowed to associate; empty allows any (warned at start-up).",
     )
+    calling_hosts: dict[AETitle, list[HostPattern]] = Field(
+        default_factory=dict,
+        description="Calling AE title -> the addresses, networks or host names it must call from.",
+    )
+    tls: NodeTLSConfig | None = Field(None, description="DICOM over TLS; null: plain TCP.")
     max_associations: int = Field(16, ge=1, le=1000, description="Concurrent associations.")
     max_pdu_size: int = Field(
         1_048_576, ge=0, description="Largest PDU we accept, bytes; 0 means unlimited."
@@ -83,6 +122,14 @@ class NodeConfig(_Section):
         description="On SIGTERM/SIGINT, how long open associations may take to finish.",
     )
 
+    @model_validator(mode="after")
+    def _hosts_known(self) -> "NodeConfig":
+        unknown = sorted(set(self.calling_hosts) - set(self.allowed_calling_aes))
+        if self.allowed_calling_aes and unknown:
+            raise ValueError(f"calling_hosts names AE title(s) not in allowed_calling_aes: "
+                             f"{', '.join(unknown)}")
+        return self
+
 
 
 class StorageConfig(_Section):
@@ -90,6 +137,11 @@ class StorageConfig(_Section):
     min_free_mb: int = Field(
         512, ge=0, description="Below this much free space new C-STOREs are refused (0xA700)."
     )
+    retention_days: float = Field(
+        0, ge=0, description="Received instances older than this are deleted (results and the "
+        "audit trail are kept); 0 keeps them forever.")
+    retention_interval_s: float = Field(3600, gt=0, le=86400 * 7,
+                                        description="How often the retention job runs.")
 
 
 class DatabaseConfig(_Section):
@@ -175,6 +227,10 @@ class DecodingConfig(_Section):
 class LimitsConfig(_Section):
     max_pixels: int = Field(
         50_000_000, ge=1, description="Rows x Columns x frames above this is not decoded (not analysed).")
+    max_instance_mb: float = Field(
+        1024, gt=0, description="A received instance larger than this is refused (0xA700).")
+    study_timeout_s: float = Field(
+        600, gt=0, description="A study not scored within this is failed and reported not analysed.")
 
 
 def _check_upper(values: list[str]) -> list[str]:
@@ -437,8 +493,15 @@ class Config(_Section):
         m = re.match(r"^(sqlite(\+\w+)?:///)(.+)$", url)
         if m and m.group(3) != ":memory:" and not m.group(3).startswith("/"):
             url = m.group(1) + str(anchor(Path(m.group(3))))
+        node = self.node
+        if node.tls is not None:
+            tls = node.tls
+            node = node.model_copy(update={"tls": tls.model_copy(update={
+                "cert_file": anchor(tls.cert_file), "key_file": anchor(tls.key_file),
+                "ca_file": anchor(tls.ca_file) if tls.ca_file else None})})
         return self.model_copy(
             update={
+                "node": node,
                 "storage": self.storage.model_copy(update={"path": anchor(self.storage.path)}),
                 "database": self.database.model_copy(update={"url": url}),
                 "model": self.model.model_copy(update={"checkpoint": anchor(self.model.checkpoint)}),

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Callable, Mapping
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, update
 
 from daemon.config import DispatchConfig
 from daemon.logs import study_logger
@@ -42,15 +42,17 @@ class Dispatcher:
         self.clock = clock
         self.stopping = threading.Event()
 
-    def _claim(self) -> tuple[int, str, str, str, Origin | None] | None:
+    def _claim(self, skip: set[str] = frozenset()) -> tuple[int, str, str, str, Origin | None] | None:  # type: ignore[assignment]
         now = self.clock()
         with self.db.session() as s:
+            query = (select(Delivery)
+                     .join(StudyResult, Delivery.result_id == StudyResult.id)
+                     .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
+                            StudyResult.superseded.is_(False)))
+            if skip:
+                query = query.where(Delivery.destination.notin_(sorted(skip)))
             d = s.scalars(
-                select(Delivery)
-                .join(StudyResult, Delivery.result_id == StudyResult.id)
-                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
-                       StudyResult.superseded.is_(False))
-                .order_by(_RANK, Delivery.created_at, Delivery.id)
+                query.order_by(_RANK, Delivery.created_at, Delivery.id)
                 .limit(1).with_for_update(skip_locked=True)
             ).first()
             if d is None:
@@ -65,19 +67,24 @@ class Dispatcher:
     def run_due(self, limit: int = 100) -> int:
         """Send what is due now, one after another; return how many were attempted.
 
-        Stops early once :attr:`stopping` is set, so shutdown waits for one send at most.
+        Stops early once :attr:`stopping` is set, so shutdown waits for one send at most. A
+        destination that fails is not tried again in this run (its other deliveries wait for
+        their own retry time instead of each waiting out a timeout now).
         """
         attempted = 0
+        failed: set[str] = set()
         while attempted < limit and not self.stopping.is_set():
-            claimed = self._claim()
+            claimed = self._claim(failed)
             if claimed is None:
                 break
             attempted += 1
-            self._attempt(*claimed)
+            if not self._attempt(*claimed):
+                failed.add(claimed[1])
         return attempted
 
     def _attempt(self, delivery_id: int, dest_name: str, relpath: str, study_uid: str,
-                 origin: Origin | None = None) -> None:
+                 origin: Origin | None = None) -> bool:
+        """Send one claimed delivery and record the outcome; return whether it was delivered."""
         slog = study_logger(log, study_uid)
         dest = self.destinations.get(dest_name)
         error: str | None = None
@@ -94,6 +101,10 @@ class Dispatcher:
         now = self.clock()
         with self.db.session() as s:
             d = s.get(Delivery, delivery_id, with_for_update=True)
+            if d is None:  # the study was purged while it was being sent
+                slog.warning("delivery %s to %s ended after its study was purged", delivery_id,
+                             dest_name)
+                return error is None
             d.attempts += 1
             study = d.result.study
             if error is None:
@@ -104,8 +115,9 @@ class Dispatcher:
                             detail=f"{d.object_kind} {d.sop_instance_uid} to {dest_name} "
                                    f"(attempt {d.attempts})"))
                 slog.info("%s sent to %s (attempt %d)", d.object_kind, dest_name, d.attempts)
+                self._destination_is_back(s, dest_name, now)
                 self._maybe_delivered(s, d.result, now)
-                return
+                return True
             d.last_error = error[:2000]
             s.add(Event(at=now, study_id=study.id, kind=EventKind.SEND_FAILED,
                         detail=f"{d.object_kind} to {dest_name}, attempt {d.attempts}: {error}"[:2000]))
@@ -125,6 +137,18 @@ class Dispatcher:
                 d.next_attempt_at = now + dt.timedelta(seconds=wait)
                 slog.warning("%s to %s failed (attempt %d), retry in %.0f s: %s", d.object_kind,
                              dest_name, d.attempts, wait, error)
+        return False
+
+    @staticmethod
+    def _destination_is_back(s, dest_name: str, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]
+        """A send got through: the destination is up, so whatever waits out a backoff for it is
+        due now and goes out in priority order, not in the order the backoffs happen to end."""
+        n = s.execute(update(Delivery).where(
+            Delivery.destination == dest_name, Delivery.state == DeliveryState.PENDING,
+            Delivery.next_attempt_at > now).values(next_attempt_at=now)).rowcount
+        if n:
+            log.info("%s is reachable again: %d queued delivery(ies) due now, most urgent first",
+                     dest_name, n)
 
     @staticmethod
     def _maybe_delivered(s, result: StudyResult, now: dt.datetime) -> None:  # type: ignore[no-untyped-def]

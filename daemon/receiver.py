@@ -34,15 +34,24 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.status import Status
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from daemon.access import calling_host_refusal, server_ssl_context
 from daemon.config import Config
 from daemon.logs import study_logger
 from db import Association, Database, Event, EventKind, Instance, Study, StudyState, utcnow
-from dicom_io.errors import InvalidInstance, StorageError, StorageFull, UnsupportedInstance
+from dicom_io.errors import (
+    InstanceTooLarge,
+    InvalidInstance,
+    StorageError,
+    StorageFull,
+    UnsupportedInstance,
+)
 from dicom_io.codecs import decodable_transfer_syntaxes
+from dicom_io.validate import check_instance
 from dicom_io.storage import (
     check_uid,
+    clear_temp,
     commit_temp,
     discard,
     durable_write,
@@ -72,6 +81,7 @@ for _name, _code in (
 #: Which status answers which failure. Order matters: the first matching class wins.
 STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (StorageFull, Status.OUT_OF_RESOURCES),
+    (InstanceTooLarge, Status.OUT_OF_RESOURCES),
     (UnsupportedInstance, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
     (InvalidInstance, Status.CANNOT_UNDERSTAND),
     (StorageError, Status.PROCESSING_FAILURE),
@@ -154,6 +164,8 @@ class Receiver:
         for sop_class in RADIOGRAPH_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, syntaxes)
         self.ae.add_supported_context(Verification)
+        self.max_instance_bytes = int(config.limits.max_instance_mb * 1024 * 1024)
+        self._receiving: dict[int, int] = {}  # id(association) -> data-set bytes of the message
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,17 +177,26 @@ class Receiver:
                 "list the PACS AE titles to restrict access"
             )
         self.root.mkdir(parents=True, exist_ok=True)
+        left = clear_temp(self.root)
+        if left:
+            log.warning("removed %d partly received file(s) an unclean stop left in %s", left,
+                        self.root / ".tmp")
+        # raises daemon.access.AccessError naming a certificate or key that cannot be loaded
+        ssl_context = server_ssl_context(node.tls) if node.tls is not None else None
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end, ["released"]),
             (evt.EVT_ABORTED, self._on_end, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_end, ["closed"]),
         ]
         self._server = self.ae.start_server(
-            (node.host, node.port), block=False, evt_handlers=handlers
+            (node.host, node.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
         )
-        log.info("listening as %s on %s:%s", node.ae_title, node.host, self.port)
+        log.info("listening as %s on %s:%s%s", node.ae_title, node.host, self.port,
+                 " (DICOM over TLS)" if ssl_context is not None else "")
 
     @property
     def port(self) -> int:
@@ -237,7 +258,52 @@ class Receiver:
             why = "association negotiation failed"
         log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port, why)
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ received: turn away an AE title calling from an address not its own."""
+        assoc = event.assoc
+        req = assoc.requestor
+        calling = str(req.primitive.calling_ae_title or "").strip()
+        why = calling_host_refusal(calling, str(req.address), self.config.node.calling_hosts)
+        if why is None:
+            return
+        log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port, why)
+        # permanent, service user, calling AE title not recognised (PS3.8 9.3.4)
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.kill()
+
+    def _on_pdu(self, event: evt.Event) -> None:
+        """Count the data-set bytes of the C-STORE being received; close the connection of one
+        that grows past ``limits.max_instance_mb`` instead of holding it all in memory."""
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        key = id(event.assoc)
+        total = self._receiving.get(key, 0)
+        over = False
+        for item in items:
+            value = item.presentation_data_value
+            if not value or value[0] & 0x01:  # a command fragment
+                continue
+            total += len(value) - 1
+            # a little over the limit still gets its answer (0xA700) once complete
+            over = over or total > self.max_instance_bytes + (1 << 20)
+            if value[0] & 0x02:  # the data set's last fragment: the next message starts anew
+                total = 0
+        if over:
+            self._receiving.pop(key, None)
+            req = event.assoc.requestor
+            log.error("closing the association from %r at %s:%s: a data set passed "
+                      "limits.max_instance_mb (%s MB) while it was being received",
+                      (req.ae_title or "").strip(), req.address, req.port,
+                      self.config.limits.max_instance_mb)
+            sock = event.assoc.dul.socket
+            if sock is not None:
+                sock.close()
+            return
+        self._receiving[key] = total
+
     def _on_end(self, event: evt.Event, reason: str) -> None:
+        self._receiving.pop(id(event.assoc), None)
         with self._lock:
             assoc_id = self._assoc_ids.pop(id(event.assoc), None)
         if assoc_id is None:
@@ -271,12 +337,17 @@ class Receiver:
                 )
             meta = event.file_meta
             dataset = req.DataSet.getbuffer()
+            if len(dataset) > self.max_instance_bytes:
+                raise InstanceTooLarge(
+                    f"the instance is {len(dataset) / 1048576:.1f} MB, more than "
+                    f"limits.max_instance_mb ({self.config.limits.max_instance_mb} MB)")
 
             header_buf = BytesIO()
             header_buf.write(_PREAMBLE)
             write_file_meta_info(header_buf, meta, enforce_standard=True)
             tmp, size = write_temp(self.root, (header_buf.getbuffer(), dataset))
             try:
+                check_instance(tmp)  # first: pydicom's lenient parse must not meet a broken file
                 header = read_header(tmp, sop_uid=check_uid(sop_uid, "Affected SOP Instance UID"),
                                      sop_class_uid=sop_class)
             except (InvalidInstance, UnsupportedInstance) as exc:
@@ -290,7 +361,8 @@ class Receiver:
             code = status_for(exc)
             log.error("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid[:64], calling,
                       code, exc, exc_info=not isinstance(exc, (InvalidInstance, UnsupportedInstance,
-                                                               StorageFull)))
+                                                               StorageFull, InstanceTooLarge,
+                                                               OperationalError)))
             return code
         finally:
             if tmp is not None:
@@ -375,6 +447,7 @@ class Receiver:
             instance.path = relpath
             instance.size_bytes = size
             instance.received_at = now
+            instance.deleted_at = None  # received again after retention deleted its file
             instance.association_id = assoc_id
             s.add(Event(at=now, study_id=study.id, kind=EventKind.RECEIVED,
                         detail=f"instance {header.sop_uid} from {calling} ({UID(ts).name})"))

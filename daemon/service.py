@@ -16,9 +16,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from daemon.completion import sweep
+from daemon.access import AccessError
 from daemon.config import Config
 from daemon.dispatch import Dispatcher
 from daemon.receiver import Receiver
+from daemon.retention import apply_retention
 from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, build_pool, recover
 from db import Database, utcnow
 from dicom_io.destinations import Destination, DicomStore
@@ -164,10 +166,16 @@ class Service:
                                id="completion", max_instances=1, coalesce=True)
         self.scheduler.add_job(self._dispatch_tick, "interval", seconds=cfg.dispatch.interval_s,
                                id="dispatch", max_instances=1, coalesce=True)
+        if cfg.storage.retention_days > 0:
+            self.scheduler.add_job(self._retention_tick, "interval", seconds=cfg.storage.retention_interval_s,
+                                   id="retention", max_instances=1, coalesce=True,
+                                   next_run_time=utcnow())  # and once at start
         self.worker.on_scored = self._dispatch_now
         self.receiver = Receiver(cfg, self.db, clock=self.clock)
         try:
             self.receiver.start()
+        except AccessError as exc:
+            raise StartupError(str(exc)) from exc
         except OSError as exc:
             raise StartupError(
                 f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror or exc}"
@@ -195,6 +203,17 @@ class Service:
             self.dispatcher.run_due()
         except SQLAlchemyError:
             log.exception("dispatch failed; retried at the next tick")
+
+    def _retention_tick(self) -> None:
+        try:
+            report = apply_retention(self.db, self.config.storage.path, self.clock(),
+                                     days=self.config.storage.retention_days,
+                                     should_stop=self._stopped.is_set)
+        except SQLAlchemyError:
+            log.exception("retention failed; retried at the next tick")
+            return
+        if report.studies or report.errors:
+            log.info("retention: %s", report.summary())
 
     def _dispatch_now(self) -> None:
         if self.scheduler is not None and self.scheduler.running:

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -45,7 +46,7 @@ from db import (
 from dicom_io.errors import DicomIOError
 from dicom_io.bodypart import study_type_of_study
 from dicom_io.pixels import DecodeOptions, Preprocessing
-from dicom_io.prepare import PreparePool
+from dicom_io.prepare import PreparePool, PreparedView
 from dicom_io.geometry import ViewGeometry, peak_box
 from dicom_io.heatmaps import encode_heatmap
 from dicom_io.sr import PRIORITIES, TriageReport, ViewScore, series_description
@@ -98,33 +99,78 @@ def _score_frames(scorer: ViewScorer, frames: list[np.ndarray], heatmap: str | N
     return [(float(p), None) for p in scorer.score(frames)]
 
 
+#: How a view's error begins when the scoring itself failed (not the view): such a study is
+#: also recorded as failed (an event and its state reason), though its not-analysed SR is sent.
+SCORING_FAILURES = ("inference failed", "scoring timed out")
+
+#: Views prepared and scored together: the model input of one chunk (224 px: 0.6 MB a view) is
+#: all a study holds in memory at once, whatever its size; what it keeps of every view is the
+#: score, the heatmap (7 x 7) and the thumbnail for the summary image.
+VIEWS_PER_CHUNK = 32
+
+
 def score_views(scorer: ViewScorer, pool: PreparePool,
-                paths: Sequence[tuple[int, str, Path]], *, heatmap: str | None = "cam"
-                ) -> list[ViewOutcome]:
-    """Prepare every view in the pool, score every prepared frame in batches, keep the reasons.
+                paths: Sequence[tuple[int, str, Path]], *, heatmap: str | None = "cam",
+                timeout_s: float | None = None) -> list[ViewOutcome]:
+    """Prepare the views in the pool and score their frames in batches, chunk by chunk
+    (:data:`VIEWS_PER_CHUNK`), keeping every reason a view is not scored.
 
     A multi-frame view (``decoding.multiframe: frames``) scores the mean of its frames, and
     shows the heatmap of its most suspicious frame. ``heatmap``: cam, gradcam or None.
+    ``timeout_s`` (``limits.study_timeout_s``): what is not prepared or scored by then is "not
+    analysed: scoring timed out"; the model is asked batch by batch, so it stops at the next
+    batch after the deadline. If the model raises, no view of the study keeps a score: the
+    study is reported not analysed with the error.
     """
-    prepared = pool.map([p for _, _, p in paths])
-    frames: list[np.ndarray] = []
-    owner: list[tuple[int, int]] = []
-    for i, view in enumerate(prepared):
-        if view.tensor is not None:
-            frames.extend(view.tensor)
-            owner.extend((i, f) for f in range(view.frames))
-    error = None
-    try:
-        scored = _score_frames(scorer, frames, heatmap) if frames else []
-    except Exception as exc:  # the model failed on this study: report it as not analysed
-        log.exception("inference failed")
-        scored = []
-        error = f"inference failed: {type(exc).__name__}: {exc}"
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    step = max(1, int(getattr(scorer, "batch_size", 16) or 16))
+    outcomes: list[ViewOutcome] = []
+    failure = None
+    timed_out = (f"scoring timed out: not scored within limits.study_timeout_s ({timeout_s:g} s)"
+                 if timeout_s is not None else "")
+    for first in range(0, len(paths), VIEWS_PER_CHUNK):
+        chunk = paths[first:first + VIEWS_PER_CHUNK]
+        left = None if deadline is None else deadline - time.monotonic()
+        if failure is not None or (left is not None and left <= 0):
+            outcomes += [ViewOutcome(i, uid, None, failure or timed_out) for i, uid, _ in chunk]
+            continue
+        prepared = pool.map([p for _, _, p in chunk], timeout_s=left)
+        frames: list[np.ndarray] = []
+        owner: list[tuple[int, int]] = []
+        for i, view in enumerate(prepared):
+            if view.tensor is not None:
+                frames.extend(view.tensor)
+                owner.extend((i, f) for f in range(view.frames))
+        error = None
+        scored: list[tuple[float, np.ndarray | None]] = []
+        try:
+            for start in range(0, len(frames), step):
+                if deadline is not None and time.monotonic() > deadline:
+                    error = timed_out
+                    log.error("%s; %d of %d frame(s) of this chunk scored", error, len(scored),
+                              len(frames))
+                    break
+                scored += _score_frames(scorer, frames[start:start + step], heatmap)
+        except Exception as exc:  # the model failed on this study: report it as not analysed
+            log.exception("inference failed")
+            scored = []
+            error = failure = f"inference failed: {type(exc).__name__}: {exc}"
+        outcomes += _chunk_outcomes(chunk, prepared, owner, scored, error)
+    if failure is not None:  # no view keeps a score from a model that failed on the study
+        outcomes = [ViewOutcome(o.instance_id, o.sop_instance_uid, None, o.error or failure,
+                                study_type=o.study_type, frames=o.frames) for o in outcomes]
+    return outcomes
+
+
+def _chunk_outcomes(chunk: Sequence[tuple[int, str, Path]], prepared: Sequence[PreparedView],
+                    owner: Sequence[tuple[int, int]],
+                    scored: Sequence[tuple[float, np.ndarray | None]], error: str | None
+                    ) -> list[ViewOutcome]:
     per_view: dict[int, list[tuple[float, int, np.ndarray | None]]] = {}
     for (i, f), (p, m) in zip(owner, scored):
         per_view.setdefault(i, []).append((p, f, m))
     outcomes = []
-    for i, ((instance_id, sop_uid, _), view) in enumerate(zip(paths, prepared)):
+    for i, ((instance_id, sop_uid, _), view) in enumerate(zip(chunk, prepared)):
         scores = per_view.get(i)
         hm = geometry = box = None
         if scores:
@@ -135,7 +181,7 @@ def score_views(scorer: ViewScorer, pool: PreparePool,
         outcomes.append(ViewOutcome(
             instance_id, sop_uid,
             probability=float(np.mean([p for p, _, _ in scores])) if scores else None,
-            error=view.error or (error if view.tensor is not None else None),
+            error=view.error or (error if view.tensor is not None and not scores else None),
             study_type=view.study_type, frames=view.frames, heatmap=hm, geometry=geometry,
             box=box, thumbnail=view.thumbnail if scores else None))
     return outcomes
@@ -190,7 +236,7 @@ class StudyScorer:
             if study is None or study.state != StudyState.SCORING or study.revision != revision:
                 return None
             study_uid = study.study_instance_uid
-            rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances]
+            rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances if i.stored]
             previous = s.scalars(select(StudyResult).where(
                 StudyResult.study_id == study_id, StudyResult.superseded.is_(False))
                 .order_by(StudyResult.id.desc())).first()
@@ -198,7 +244,8 @@ class StudyScorer:
             raised = self._hl7_priorities_sent(s, study_id)
         slog = study_logger(log, study_uid)
         card = self.scorer.card
-        outcomes = score_views(self.scorer, self.pool, rows, heatmap=self.config.model.heatmap)
+        outcomes = score_views(self.scorer, self.pool, rows, heatmap=self.config.model.heatmap,
+                               timeout_s=self.config.limits.study_timeout_s)
         probability = study_probability(o.probability for o in outcomes)
         threshold = self.config.model.threshold
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
@@ -336,6 +383,12 @@ class StudyScorer:
             made = ", ".join(f"{n} {k}" for k, n in _counts(p.kind for p, _ in written))
             s.add(Event(at=now, study_id=study_id, kind=kind,
                         detail=f"{result.series_description} ({made})"))
+            failure = next((o.error for o in outcomes if o.error and o.error.startswith(
+                SCORING_FAILURES)), None) if report.probability is None else None
+            study.state_reason = failure[:2000] if failure else None
+            if failure:  # the model failed on this study: on record, and the SR says not analysed
+                s.add(Event(at=now, study_id=study_id, kind=EventKind.FAILED,
+                            detail=f"not analysed: {failure}"[:2000]))
             result_id = result.id
         for o in outcomes:
             if o.error and report.probability is not None:

@@ -23,8 +23,11 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    or_,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 
@@ -79,6 +82,11 @@ class EventKind(str, enum.Enum):
     SEND_FAILED = "send_failed"
     FAILED = "failed"
     RECOVERED = "recovered"
+    #: retention deleted the study's stored instances (``daemon.retention.apply_retention``)
+    PIXEL_DATA_DELETED = "pixel_data_deleted"
+    #: a study was purged on request; the event has no study and names it only by a hash of its
+    #: Study Instance UID (``daemon.retention.purge_study``)
+    PURGED = "purged"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -149,8 +157,22 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id"), nullable=True)
+    #: when retention deleted the file at ``path`` (``daemon.retention``); None while it is kept.
+    #: The row, its path and size stay for the record. See :attr:`stored`.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
+
+    @hybrid_property
+    def stored(self) -> bool:
+        """Whether the file at ``path`` is kept: never deleted by retention, or received again
+        after it was (the receiver rewrites ``received_at`` and the file of a re-sent instance)."""
+        return self.deleted_at is None or self.deleted_at < self.received_at
+
+    @stored.inplace.expression
+    @classmethod
+    def _stored_expression(cls) -> ColumnElement[bool]:
+        return or_(cls.deleted_at.is_(None), cls.deleted_at < cls.received_at)
 
 
 class StudyResult(Base):

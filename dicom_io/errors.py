@@ -27,3 +27,7 @@ class PixelDecodeError(DicomIOError):
 
 class SendError(DicomIOError):
     """Sending an object to a destination failed (down, refused, or a failure status)."""
+
+
+class InstanceTooLarge(DicomIOError):
+    """A received instance is larger than ``limits.max_instance_mb`` allows."""

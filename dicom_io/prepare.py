@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,10 @@ def _init_worker(log_setup: Callable[[], None] | None) -> None:
     cv2.setNumThreads(1)
 
 
+def _timed_out(timeout_s: float | None) -> str:
+    return f"scoring timed out: not prepared within limits.study_timeout_s ({timeout_s:g} s)"
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -135,16 +141,50 @@ class PreparePool:
                 initializer=_init_worker, initargs=(self.log_setup,))
         return self._executor
 
-    def map(self, paths: Sequence[Path | str]) -> list[PreparedView]:
-        """Every view's outcome, in order."""
+    def map(self, paths: Sequence[Path | str], *, timeout_s: float | None = None) -> list[PreparedView]:
+        """Every view's outcome, in order.
+
+        ``timeout_s``: views not prepared by then come back with a "timed out" reason and the
+        worker processes are stopped (a decoder that hangs cannot hold the daemon up); in the
+        calling thread (``workers=1``) the views not yet started are the ones that time out.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self.workers == 1:
-            return [self.task(p, self.prep, self.opts, self.rules) for p in paths]
+            out = []
+            for p in paths:
+                if deadline is not None and time.monotonic() > deadline:
+                    out.append(PreparedView(None, None, _timed_out(timeout_s)))
+                else:
+                    out.append(self.task(p, self.prep, self.opts, self.rules))
+            return out
         try:
-            return list(self._pool().map(self.task, paths, *self._repeat(len(paths))))
+            futures = [self._pool().submit(self.task, p, self.prep, self.opts, self.rules)
+                       for p in paths]
+            out: list[PreparedView] = []
+            for future in futures:
+                try:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    out.append(future.result(timeout=left))
+                except FutureTimeout:  # this view and every one after it
+                    log.error("preparing a study's views took longer than %s s; stopping the "
+                              "preparation workers", timeout_s)
+                    self.terminate()
+                    out += [PreparedView(None, None, _timed_out(timeout_s))] * (len(paths) - len(out))
+                    break
+            return out
         except BrokenProcessPool:  # a worker died (out of memory, a codec crash): find which view
             log.error("a preparation worker died; preparing the study's views one at a time")
             self.close()
             return [self._isolated(p) for p in paths]
+
+    def terminate(self) -> None:
+        """Stop the worker processes now, whatever they are doing; new ones start on next use."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        for proc in list(getattr(executor, "_processes", {}).values()):
+            proc.kill()
+        executor.shutdown(wait=True, cancel_futures=True)
 
     def _isolated(self, path: Path | str) -> PreparedView:
         try:

@@ -132,3 +132,17 @@ def durable_write(root: Path, relpath: str, chunks: Iterable[bytes | memoryview]
 def free_bytes(root: Path) -> int:
     st = os.statvfs(root)
     return st.f_bavail * st.f_frsize
+
+
+def clear_temp(root: Path) -> int:
+    """Remove what an interrupted write left in ``root/.tmp`` (call at start, before any write):
+    such a file was never renamed into place, so no sender was told it was stored."""
+    tmp_dir = root / TMP_DIR
+    if not tmp_dir.is_dir():
+        return 0
+    removed = 0
+    for leftover in tmp_dir.iterdir():
+        if leftover.is_file():
+            discard(leftover)
+            removed += 1
+    return removed

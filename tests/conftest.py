@@ -8,7 +8,9 @@ missing server into a failure, not a skip).
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -45,6 +47,24 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_checkpoint(path, build_model("densenet169"),
                     ModelCard(name="plumbing-test", version="0.0.1", trained=False,
                               description="random weights, for plumbing tests only"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained DenseNet-121 at 64 px (``preprocessing: {size: 64}`` in the daemon's config):
+    for tests that push hundreds of studies through the whole pipeline on two CPU cores."""
+    import torch
+
+    from dicom_io.pixels import Preprocessing
+    from inference.model import ModelCard, build_model, save_checkpoint
+
+    torch.manual_seed(4321)
+    path = tmp_path_factory.mktemp("model") / "small-untrained.pt"
+    save_checkpoint(path, build_model("densenet121"),
+                    ModelCard(name="plumbing-small", version="0.0.1", arch="densenet121",
+                              trained=False, preprocessing=Preprocessing(size=64).to_card(),
+                              description="random weights at 64 px, for load tests only"))
     return path
 
 
@@ -100,3 +120,60 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'radtriage.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# -- every log the suite writes, scanned for patient data at the end ------------------------------
+#
+# All records logged in this process go to test-artifacts/suite-logs/in-process.log (pytest.ini
+# sets log_level = INFO, so INFO records reach the root logger's handlers); daemons started by the
+# tests write radtriage.log and stderr.log in their tmp_path. tests/test_phi_in_logs.py runs
+# last and scans them all for the patient names and IDs the tests' data sets carry. A test that
+# turns logging.phi on is marked ``phi_allowed``: what is logged while it runs is not scanned.
+
+SUITE_LOGS = ROOT / "test-artifacts" / "suite-logs"
+IN_PROCESS_LOG = SUITE_LOGS / "in-process.log"
+#: the patient names and IDs of every data set the tests make (dicom_io.synthetic, the phantom
+#: generator, the SR tests), as they would appear in a log line
+PHI_PATTERN = re.compile(r"PHANTOM\^(TEST|\d{4,})|PHANTOM-\d{4,}|Doe\^Jane|PID-0042|PHANTOM TEST")
+
+
+class _SuiteLogHandler(logging.FileHandler):
+    paused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.paused:
+            super().emit(record)
+
+
+_suite_handler: _SuiteLogHandler | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _suite_handler
+    config.addinivalue_line("markers", "phi_allowed: the test enables logging.phi; its records "
+                            "are not scanned for patient data")
+    config.addinivalue_line("markers", "last: run after every other test")
+    SUITE_LOGS.mkdir(parents=True, exist_ok=True)
+    _suite_handler = _SuiteLogHandler(IN_PROCESS_LOG, mode="w", encoding="utf-8")
+    _suite_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(_suite_handler)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _suite_handler is not None:
+        logging.getLogger().removeHandler(_suite_handler)
+        _suite_handler.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    if _suite_handler is not None:
+        _suite_handler.paused = item.get_closest_marker("phi_allowed") is not None
+    yield
+    if _suite_handler is not None:
+        _suite_handler.paused = False
+        _suite_handler.flush()

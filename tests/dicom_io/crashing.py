@@ -22,3 +22,13 @@ def log_then_prepare(path, prep, opts, rules) -> PreparedView:  # type: ignore[n
 
     logging.getLogger("dicom_io.prepare").warning("preparing %s", Path(path).name)
     return prepare_view(path, prep, opts, rules)
+
+
+def hang_on_marked_files(path, prep, opts, rules) -> PreparedView:  # type: ignore[no-untyped-def]
+    """A decoder caught in an endless loop on files named hang*."""
+    import time
+
+    if Path(path).name.startswith("hang"):
+        while True:
+            time.sleep(1)
+    return prepare_view(path, prep, opts, rules)

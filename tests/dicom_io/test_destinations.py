@@ -13,7 +13,6 @@ import logging
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,6 +31,7 @@ from dicom_io.errors import SendError
 from tests.conftest import free_port, write_study
 from tests.integration.conftest import listening, need, wait_for
 from tests.orthanc import OrthancServer, orthanc_server  # noqa: F401  (the fixture)
+from tests.pki import PKI, pki  # noqa: F401  (the fixture)
 
 ORIGIN = Origin(ae_title="MODALITY", host="127.0.0.1")
 
@@ -86,56 +86,6 @@ def test_unloadable_certificate_fails_when_the_store_is_built(tmp_path: Path) ->
 
 
 # -- certificates and a TLS storescp -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PKI:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-    other_ca: Path
-
-
-def _openssl(*args: str | Path) -> None:
-    proc = subprocess.run([need("openssl"), *map(str, args)], capture_output=True, text=True,
-                          timeout=60)
-    if proc.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(map(str, args))} failed: {proc.stderr}")
-
-
-def _make_ca(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-noenc", "-keyout", key, "-out", cert,
-             "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return cert, key
-
-
-def _make_leaf(folder: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
-    cert, key, csr, ext = (folder / f"{name}{s}" for s in (".pem", ".key", ".csr", ".ext"))
-    ext.write_text("basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n"
-                   "authorityKeyIdentifier=keyid,issuer\n" + extensions)
-    _openssl("req", "-newkey", "rsa:2048", "-noenc", "-keyout", key, "-out", csr, "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
-             "-out", cert, "-days", "2", "-extfile", ext)
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _make_ca(folder, "radtriage-test-ca")
-    server = _make_leaf(folder, "localhost", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-                        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                        "extendedKeyUsage=serverAuth\n")
-    client = _make_leaf(folder, "radtriage", ca, "keyUsage=critical,digitalSignature\n"
-                        "extendedKeyUsage=clientAuth\n")
-    other_ca, _ = _make_ca(folder, "untrusted-ca")
-    return PKI(ca=ca[0], server_cert=server[0], server_key=server[1], client_cert=client[0],
-               client_key=client[1], other_ca=other_ca)
 
 
 class TLSStoreSCP:

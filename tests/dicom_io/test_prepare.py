@@ -12,7 +12,7 @@ from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_frames
 from dicom_io.prepare import PreparePool, prepare_view
 from dicom_io.synthetic import StudySpec, make_instance
 from tests.conftest import write_study
-from tests.dicom_io.crashing import crash_on_marked_files, log_then_prepare
+from tests.dicom_io.crashing import crash_on_marked_files, hang_on_marked_files, log_then_prepare
 
 PREP, OPTS, RULES = Preprocessing(), DecodeOptions(), SelectionRules()
 
@@ -75,6 +75,22 @@ def test_a_worker_that_dies_costs_only_its_view(views: list[Path], tmp_path: Pat
         assert got[0].tensor is not None and got[2].tensor is not None
         assert got[1].tensor is None and "decoder crashed" in got[1].error
         after = pool.map(views[:2])  # a fresh pool serves the next study
+    assert all(v.tensor is not None for v in after)
+
+
+def test_a_hanging_decoder_times_out_and_its_workers_are_stopped(views: list[Path], tmp_path: Path) -> None:
+    hang = tmp_path / "hang.dcm"
+    hang.write_bytes(views[0].read_bytes())
+    with PreparePool(PREP, OPTS, RULES, workers=2) as pool:
+        pool.task = hang_on_marked_files
+        assert all(v.tensor is not None for v in pool.map(views[:2]))  # workers are up
+        processes = list(pool._executor._processes.values())
+        got = pool.map([views[0], hang, views[1]], timeout_s=3)
+        assert got[0].tensor is not None
+        assert got[1].tensor is None and "timed out" in got[1].error
+        assert got[2].tensor is None or got[2].error is None  # done in time, or timed out too
+        assert all(not p.is_alive() for p in processes)  # the stuck worker is gone
+        after = pool.map(views[:2], timeout_s=60)  # a fresh pool serves the next study
     assert all(v.tensor is not None for v in after)
 
 

@@ -210,8 +210,8 @@ def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
 def make_daemon(tmp_path: Path, untrained_checkpoint: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def factory(name: str = "daemon", **overrides: dict) -> Daemon:
-        d = Daemon(tmp_path / name, untrained_checkpoint, free_port(), **overrides)
+    def factory(name: str = "daemon", checkpoint: Path | None = None, **overrides: dict) -> Daemon:
+        d = Daemon(tmp_path / name, checkpoint or untrained_checkpoint, free_port(), **overrides)
         started.append(d)
         return d
 

@@ -1,9 +1,10 @@
 """Bad pixels through the real daemon: DCMTK storescu sends, DCMTK storescp is the PACS.
 
 The mixed study of ``tests/unit/test_score_bad_input.py`` (one good view and one view of each
-kind of bad input) is received like any other (the receiver stores bytes and never decodes), its
-SR says which views were not scored and why, nothing received is removed, and the daemon goes on
-to score the next study.
+kind of bad input): what the receiver's structural check (:mod:`dicom_io.validate`) can see
+without decoding is refused with 0xC000 and quarantined with its reason; the rest is stored as
+sent, its SR says which views were not scored and why, nothing received is removed, and the
+daemon goes on to score the next study.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from tests.integration.conftest import storescu, wait_for
 from tests.unit.test_score_bad_input import SETTINGS, assert_reason, sr_texts, write_mixed_study
 
 pytestmark = pytest.mark.integration
+
+#: bad views whose damage shows in the file's structure: refused at receive time
+REFUSED_AT_RECEIVE = {"no_pixel_data", "truncated_native", "rows_doubled"}
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -80,7 +84,17 @@ def test_bad_views_are_reported_and_the_daemon_goes_on(make_daemon, pacs, tmp_pa
     daemon = make_daemon(destinations=pacs.as_destination(), decoding={"workers": 2},
                          **SETTINGS).start()
 
-    # the receiver stores what it is sent: every C-STORE is answered Success
+    # what the structural check sees is refused and quarantined; the rest is answered Success
+    assert REFUSED_AT_RECEIVE <= set(files)
+    refused = {k: files.pop(k) for k in sorted(REFUSED_AT_RECEIVE)}
+    kind_of = {uid: kind for uid, kind in kind_of.items() if kind in files}
+    for kind, path in refused.items():
+        out = storescu(daemon.port, [path], check=False)
+        assert "Received Store Response (Error: CannotUnderstand)" in out.stdout + out.stderr, kind
+    quarantine = daemon.workdir / "storage" / "quarantine"
+    reasons = sorted(p.read_text() for p in quarantine.glob("*.txt"))
+    assert len(reasons) == len(refused) and len(list(quarantine.glob("*.dcm"))) == len(refused)
+    assert all("reason: " in r for r in reasons)
     sent = storescu(daemon.port, list(files.values()), extra=storescu_profile(tmp_path))
     output = sent.stdout + sent.stderr
     assert sent.returncode == 0, output
@@ -138,7 +152,7 @@ def test_bad_views_are_reported_and_the_daemon_goes_on(make_daemon, pacs, tmp_pa
             for inst in instances:
                 stored = daemon.workdir / "storage" / inst.path
                 assert dataset_bytes(stored) == dataset_bytes(files[kind_of[inst.sop_instance_uid]])
-        assert not (daemon.workdir / "storage" / "quarantine").exists()
+        assert len(list(quarantine.glob("*.dcm"))) == len(refused)  # nothing more quarantined
     finally:
         db.dispose()
 

@@ -25,7 +25,7 @@ def test_migrate_fresh_database(db_url: str) -> None:
         assert set(db.table_names()) == TABLES | {"alembic_version"}
         assert TABLES == set(Base.metadata.tables)
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
         db.migrate()  # at head already: a no-op, not an error
         assert set(db.table_names()) == TABLES | {"alembic_version"}
     finally:

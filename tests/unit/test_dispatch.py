@@ -341,3 +341,36 @@ def test_dead_delivery_of_an_old_revision_does_not_fail_the_reopened_study(
     assert delivery(database, did).state == DeliveryState.DEAD
     st = study(database, sid)
     assert st.state == StudyState.COMPLETE and st.state_reason is None  # revision 2 still gets scored
+
+
+def test_an_outage_costs_one_attempt_per_run_and_the_queue_drains_high_first(
+        database: Database, tmp_path: Path, clock: Clock, fake: FakeDestination) -> None:
+    """While the PACS is down each run tries it once, not once per delivery; when a send gets
+    through, everything queued for it is due at once and goes out most urgent first, whatever
+    order the individual backoffs would have given."""
+    other = FakeDestination(name="archive")
+    dispatcher = make_dispatcher(database, tmp_path, clock, fake, other)
+    fake.down = True
+    early = T0 - dt.timedelta(minutes=5)
+    _, [r1] = add_delivery(database, priority="ROUTINE", created=early)
+    _, [r2] = add_delivery(database, priority="ROUTINE", created=early + dt.timedelta(seconds=1))
+    _, [archived] = add_delivery(database, priority="ROUTINE", destinations=("archive",))
+    assert dispatcher.run_due() == 2  # r1 fails, r2 is not tried; the archive still gets its own
+    assert delivery(database, r2).attempts == 0 and delivery(database, archived).state == \
+        DeliveryState.DELIVERED
+    clock.advance(1)
+    assert dispatcher.run_due() == 1  # r2 now (first try), r1 waits for its backoff
+    _, [h1] = add_delivery(database, priority="HIGH", created=clock.now)
+    _, [e1] = add_delivery(database, priority="ELEVATED", created=clock.now)
+    clock.advance(1)
+    assert dispatcher.run_due() == 1  # h1 first; e1 not tried
+    assert delivery(database, h1).attempts == 1 and delivery(database, e1).attempts == 0
+
+    fake.down = False
+    fake.sent.clear()
+    clock.advance(4)  # due: e1 (never tried), r1 and r2 (backoff over); h1 waits until T0 + 7
+    assert dispatcher.run_due() == 4
+    sent = [str(p.relative_to(tmp_path)) for p in fake.sent]
+    # e1 is the most urgent due one; once it got through, h1 no longer waits for its backoff
+    assert sent == [delivery(database, i).path for i in (e1, h1, r1, r2)]
+    assert all(delivery(database, i).state == DeliveryState.DELIVERED for i in (r1, r2, h1, e1))

@@ -32,6 +32,7 @@ def test_without_phi_libraries_cannot_log_identifiers_or_values(tmp_path):
     assert logging.getLogger("pydicom").getEffectiveLevel() >= logging.ERROR
 
 
+@pytest.mark.phi_allowed
 def test_with_phi_pynetdicom_may_log_identifiers(tmp_path):
     setup_logging("DEBUG", phi=True, file=tmp_path / "r.log")
     assert pynetdicom_config.LOG_REQUEST_IDENTIFIERS is True

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from daemon.config import parse_config
 from daemon.worker import StudyScorer, recover
-from db import Delivery, DeliveryState, Instance, Study, StudyResult, StudyState
+from db import Delivery, DeliveryState, Event, EventKind, Instance, Study, StudyResult, StudyState
 from dicom_io.storage import instance_relpath
 from tests.conftest import write_study
 from tests.fakes import FixedScorer
@@ -128,3 +128,111 @@ def test_a_view_with_malformed_attributes_is_an_error_not_a_failed_study(tmp_pat
         assert result.analysed and result.probability == pytest.approx(0.3)
         errors = [sc.error for sc in result.scores]
         assert errors[0] is None and errors[1] is not None
+
+
+class _BrokenScorer(FixedScorer):
+    def score(self, views):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+class _SlowScorer(FixedScorer):
+    """Scores, but each batch takes ``delay_s``; batch_size 1 so the deadline is checked often."""
+
+    batch_size = 1
+    delay_s = 0.4
+
+    def score(self, views):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(self.delay_s)
+        return super().score(views)
+
+
+def _add_second_study(tmp_path, database) -> None:  # type: ignore[no-untyped-def]
+    files = write_study(tmp_path / "in2", views=1, rows=64, columns=64)
+    with database.session() as s:
+        ds = pydicom.dcmread(files[0])
+        study = Study(study_instance_uid=ds.StudyInstanceUID, state=StudyState.COMPLETE,
+                      first_received_at=NOW, last_received_at=NOW,
+                      completed_at=NOW + dt.timedelta(seconds=1), revision=1)
+        s.add(study)
+        s.flush()
+        rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        (tmp_path / "storage" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(files[0], tmp_path / "storage" / rel)
+        s.add(Instance(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID,
+                       sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                       transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=rel,
+                       size_bytes=files[0].stat().st_size, received_at=NOW))
+
+
+def test_an_inference_error_reports_that_study_not_analysed_and_the_next_goes_on(tmp_path, database):
+    config, _ = _setup(tmp_path, database)
+    _add_second_study(tmp_path, database)
+    broken = StudyScorer(config, database, _BrokenScorer(0.9), clock=lambda: NOW)
+    first = broken.score_study(*broken.claim_next())
+    fine = StudyScorer(config, database, FixedScorer(0.1), clock=lambda: NOW)
+    second = fine.score_study(*fine.claim_next())
+    with database.session() as s:
+        bad, good = s.get(StudyResult, first), s.get(StudyResult, second)
+        assert not bad.analysed and bad.probability is None and bad.priority == "ROUTINE"
+        assert "inference failed: RuntimeError: CUDA error" in bad.reason
+        assert all("inference failed" in sc.error for sc in bad.scores)
+        assert bad.series_description.startswith("AI TRIAGE: NOT ANALYSED")
+        sr = pydicom.dcmread(tmp_path / "storage" / bad.sr_path)  # the SR says so, and is sent
+        assert "NOT ANALYSED" in sr.SeriesDescription
+        assert {d.object_kind for d in s.scalars(select(Delivery).where(
+            Delivery.result_id == bad.id))} >= {"SR"}
+        assert good.analysed and good.probability == pytest.approx(0.1)
+        failed = s.get(Study, bad.study_id)
+        assert failed.state_reason.startswith("inference failed: RuntimeError: CUDA error")
+        assert s.scalars(select(Event.detail).where(Event.study_id == failed.id,
+                                                    Event.kind == EventKind.FAILED)).all() == [
+            "not analysed: " + failed.state_reason]
+        assert s.get(Study, good.study_id).state_reason is None
+
+
+def test_a_study_that_takes_too_long_is_not_analysed_with_timed_out(tmp_path, database):
+    config, _ = _setup(tmp_path, database, views=3)
+    config = config.model_copy(update={
+        "limits": config.limits.model_copy(update={"study_timeout_s": 0.5}),
+        "decoding": config.decoding.model_copy(update={"workers": 1})})  # no process start-up
+    scorer = _SlowScorer(0.9)
+    worker = StudyScorer(config, database, scorer, clock=lambda: NOW)
+    result_id = worker.score_study(*worker.claim_next())
+    with database.session() as s:
+        result = s.get(StudyResult, result_id)
+        errors = [sc.error for sc in result.scores]
+    # the deadline is checked before each batch: 2 of 3 single-view batches start in time
+    assert len(scorer.calls) == 2
+    assert errors[:2] == [None, None]
+    assert "scoring timed out" in errors[2] and "limits.study_timeout_s (0.5 s)" in errors[2]
+
+
+def test_a_large_study_is_prepared_and_scored_chunk_by_chunk(tmp_path):
+    """40 views: two chunks (32 + 8), batches of 16 within each; a model failing on the second
+    chunk leaves no view of the study with a score."""
+    from daemon.worker import VIEWS_PER_CHUNK, build_pool, score_views
+    from dicom_io.pixels import Preprocessing
+
+    config = parse_config({"decoding": {"workers": 1}}, base=tmp_path, environ={})
+    files = write_study(tmp_path / "in", views=40, rows=64, columns=64)
+    paths = [(n, f"1.2.3.{n}", f) for n, f in enumerate(files)]
+    pool = build_pool(config, Preprocessing())
+    scorer = FixedScorer(0.4)
+    scorer.batch_size = 16
+    outcomes = score_views(scorer, pool, paths, heatmap=None)
+    assert VIEWS_PER_CHUNK == 32 and scorer.calls == [16, 16, 8]
+    assert [o.probability for o in outcomes] == [pytest.approx(0.4)] * 40
+
+    class FailsLater(FixedScorer):
+        def score(self, views):  # type: ignore[no-untyped-def]
+            if len(self.calls) == 2:
+                raise RuntimeError("out of memory")
+            return super().score(views)
+
+    failing = FailsLater(0.4)
+    failing.batch_size = 16
+    outcomes = score_views(failing, pool, paths, heatmap=None)
+    assert all(o.probability is None and "inference failed: RuntimeError" in o.error
+               for o in outcomes)
