@@ -218,3 +218,35 @@ def make_daemon(tmp_path: Path, untrained_checkpoint: Path) -> Iterator[Callable
     yield factory
     for d in started:
         d.kill()
+
+
+@pytest.fixture
+def receivers(tmp_path: Path) -> Iterator[Callable[..., tuple]]:
+    """Start radtriage's Storage SCP in-process on a free port: ``receivers(**sections)`` merges
+    each section into a config with storage in tmp_path, no free-space floor and an SQLite
+    database (``db_url=`` for another); returns (receiver, database), stopped at the end."""
+    from daemon.config import parse_config
+    from daemon.receiver import Receiver
+    from db import Database
+
+    started: list[tuple] = []
+
+    def start(*, db_url: str | None = None, migrate: bool = True, **sections: dict) -> tuple:
+        data: dict = {"node": {"host": "127.0.0.1", "port": free_port()},
+                      "storage": {"path": str(tmp_path / "storage"), "min_free_mb": 0},
+                      "database": {"url": db_url or f"sqlite:///{tmp_path / 'radtriage.db'}"}}
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        config = parse_config(data, base=tmp_path, environ={})
+        db = Database(config.database.url)
+        if migrate:
+            db.migrate()
+        receiver = Receiver(config, db)
+        receiver.start()
+        started.append((receiver, db))
+        return receiver, db
+
+    yield start
+    for receiver, db in started:
+        receiver.stop()
+        db.dispose()

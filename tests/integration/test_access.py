@@ -19,10 +19,8 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage
 from sqlalchemy import func, select
 
 from daemon.access import calling_host_refusal, host_matches
-from daemon.config import parse_config
-from daemon.receiver import Receiver
 from db import Database, Instance
-from tests.conftest import free_port, write_study
+from tests.conftest import write_study
 from tests.integration.conftest import storescu, wait_for
 from tests.pki import PKI, pki  # noqa: F401  (the fixture)
 
@@ -30,27 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def receiver(tmp_path: Path):
-    started: list[tuple[Receiver, Database]] = []
-
-    def start(**sections) -> tuple[Receiver, Database]:  # type: ignore[no-untyped-def]
-        data = {"node": {"host": "127.0.0.1", "port": free_port()},
-                "storage": {"path": str(tmp_path / "storage"), "min_free_mb": 0},
-                "database": {"url": f"sqlite:///{tmp_path / 'radtriage.db'}"}}
-        for name, values in sections.items():
-            data.setdefault(name, {}).update(values)
-        config = parse_config(data, base=tmp_path, environ={})
-        db = Database(config.database.url)
-        db.migrate()
-        r = Receiver(config, db)
-        r.start()
-        started.append((r, db))
-        return r, db
-
-    yield start
-    for r, db in started:
-        r.stop()
-        db.dispose()
+def receiver(receivers):  # type: ignore[no-untyped-def]
+    return receivers
 
 
 @pytest.fixture

@@ -10,36 +10,18 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 from sqlalchemy import func, select, text
 
-from daemon.config import parse_config
-from daemon.receiver import Receiver
-from db import Database, Instance
-from tests.conftest import free_port, write_study
+from db import Instance
+from tests.conftest import write_study
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def receiver_factory(tmp_path: Path, db_url: str):
-    started: list[tuple[Receiver, Database]] = []
+def receiver_factory(receivers, db_url: str):
+    def make(migrate: bool = True, min_free_mb: int = 0):  # type: ignore[no-untyped-def]
+        return receivers(db_url=db_url, migrate=migrate, storage={"min_free_mb": min_free_mb})
 
-    def make(migrate: bool = True, min_free_mb: int = 0) -> tuple[Receiver, Database]:
-        config = parse_config({
-            "node": {"host": "127.0.0.1", "port": free_port()},
-            "storage": {"path": str(tmp_path / "storage"), "min_free_mb": min_free_mb},
-            "database": {"url": db_url},
-        }, base=tmp_path, environ={})
-        db = Database(config.database.url)
-        if migrate:
-            db.migrate()
-        receiver = Receiver(config, db)
-        receiver.start()
-        started.append((receiver, db))
-        return receiver, db
-
-    yield make
-    for receiver, db in started:
-        receiver.stop()
-        db.dispose()
+    return make
 
 
 def _send(port: int, datasets: list[pydicom.Dataset]) -> list[int]:
