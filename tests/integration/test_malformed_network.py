@@ -32,12 +32,10 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from sqlalchemy import func, select
 
-from daemon.config import parse_config
 from daemon.receiver import QUARANTINE_DIR, Receiver
 from db import Database, Instance
 from dicom_io.synthetic import CR_IMAGE_STORAGE, StudySpec, make_instance
 from dicom_io.validate import check_instance
-from tests.conftest import free_port
 from tests.dicom_io import malformed
 
 pytestmark = [
@@ -53,22 +51,9 @@ REFUSALS = {malformed.CANNOT_UNDERSTAND, malformed.DATA_SET_DOES_NOT_MATCH_SOP_C
 
 
 @pytest.fixture
-def receiver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Receiver, Database]]:
+def receiver(receivers, monkeypatch: pytest.MonkeyPatch) -> tuple[Receiver, Database]:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-    config = parse_config({
-        "node": {"host": "127.0.0.1", "port": free_port(), "dimse_timeout_s": ANSWER_WITHIN_S},
-        "storage": {"path": str(tmp_path / "storage"), "min_free_mb": 0},
-        "database": {"url": f"sqlite:///{tmp_path / 'radtriage.db'}"},
-    }, base=tmp_path, environ={})
-    db = Database(config.database.url)
-    db.migrate()
-    rcv = Receiver(config, db)
-    rcv.start()
-    try:
-        yield rcv, db
-    finally:
-        rcv.stop()
-        db.dispose()
+    return receivers(node={"dimse_timeout_s": ANSWER_WITHIN_S})
 
 
 @contextmanager
