@@ -25,12 +25,16 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
+
+from dicom_io.synthetic import StudySpec, make_instance
 
 #: pydicom writes it (uncompressed: by setting the transfer syntax; compressed: ``compress``)
 PYDICOM = "pydicom"
@@ -162,6 +166,28 @@ def eight_bit(ds: Dataset) -> Dataset:
     out.HighBit = 7
     out.PixelData = arr.astype(np.uint8).tobytes()
     out["PixelData"].VR = "OB"
+    return out
+
+
+def source_instance(spec: StudySpec) -> Dataset:
+    """The one view of ``spec`` a corpus is built from: made 8-bit when ``spec`` says 8 bits
+    stored (the source JPEG baseline needs)."""
+    ds = make_instance(spec, 0)
+    return eight_bit(ds) if spec.bits_stored == 8 else ds
+
+
+def corpus_entries(sources: Mapping[str, StudySpec],
+                   select: Callable[[Encoding], bool] = lambda e: True) -> list:  # type: ignore[type-arg]
+    """(source, encoding) test parameters for each source and each encoding that can carry it
+    and ``select`` keeps, ids ``source-Syntax``; the DCMTK- and OpenJPH-made ones are marked
+    integration."""
+    out = []
+    for source, spec in sources.items():
+        for enc in ENCODINGS:
+            if spec.bits_stored > enc.max_bits_stored or not select(enc):
+                continue
+            marks = [pytest.mark.integration] if enc.tool != PYDICOM else []
+            out.append(pytest.param(source, enc, id=f"{source}-{enc.name}", marks=marks))
     return out
 
 

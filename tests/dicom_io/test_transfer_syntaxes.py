@@ -23,16 +23,16 @@ from pydicom.uid import HTJ2KLossless, JPEG2000Lossless, UID
 
 from dicom_io.errors import PixelDecodeError
 from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_file
-from dicom_io.synthetic import StudySpec, make_instance
+from dicom_io.synthetic import StudySpec
 from tests.dicom_io.corpus import (
     BY_UID,
     ENCODINGS,
-    PYDICOM,
     REFERENCE,
     Encoding,
     build_corpus,
-    eight_bit,
+    corpus_entries,
     missing_encoder,
+    source_instance,
     truncated_copy,
 )
 
@@ -79,20 +79,11 @@ PYDICOM_SAMPLES = (
 
 
 def source_dataset(name: str) -> Dataset:
-    ds = make_instance(SOURCES[name], 0)
-    return eight_bit(ds) if SOURCES[name].bits_stored == 8 else ds
+    return source_instance(SOURCES[name])
 
 
 def entries(select: Callable[[Encoding], bool] = lambda e: True) -> list:  # type: ignore[type-arg]
-    """(source, encoding) parameters, ids ``source-Syntax``; DCMTK-made ones marked integration."""
-    out = []
-    for source, spec in SOURCES.items():
-        for enc in ENCODINGS:
-            if spec.bits_stored > enc.max_bits_stored or not select(enc):
-                continue
-            marks = [pytest.mark.integration] if enc.tool != PYDICOM else []
-            out.append(pytest.param(source, enc, id=f"{source}-{enc.name}", marks=marks))
-    return out
+    return corpus_entries(SOURCES, select)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from dicom_io.errors import InvalidInstance, UnsupportedInstance
 from dicom_io.synthetic import StudySpec, make_instance
 from dicom_io.validate import MAX_DEPTH, SYNTAXES, check_instance
 from tests.dicom_io import malformed
-from tests.dicom_io.corpus import ENCODINGS, PYDICOM, build_corpus, eight_bit, missing_encoder
+from tests.dicom_io.corpus import build_corpus, corpus_entries, missing_encoder, source_instance
 
 CORPUS = malformed.build()
 
@@ -82,28 +82,13 @@ SOURCES = {
 }
 
 
-def _entries() -> list:  # type: ignore[type-arg]
-    out = []
-    for source, spec in SOURCES.items():
-        for enc in ENCODINGS:
-            if spec.bits_stored > enc.max_bits_stored:
-                continue
-            marks = [pytest.mark.integration] if enc.tool != PYDICOM else []
-            out.append(pytest.param(source, enc, id=f"{source}-{enc.name}", marks=marks))
-    return out
-
-
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     root = tmp_path_factory.mktemp("valid")
-    out = {}
-    for name, spec in SOURCES.items():
-        ds = make_instance(spec, 0)
-        out[name] = build_corpus(root / name, eight_bit(ds) if spec.bits_stored == 8 else ds)
-    return out
+    return {name: build_corpus(root / name, source_instance(spec)) for name, spec in SOURCES.items()}
 
 
-@pytest.mark.parametrize("source,enc", _entries())
+@pytest.mark.parametrize("source,enc", corpus_entries(SOURCES))
 def test_valid_file_of_every_transfer_syntax_passes(corpora, source, enc):
     path = corpora[source].get(enc.uid)
     if path is None:
