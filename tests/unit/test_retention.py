@@ -181,11 +181,9 @@ def test_a_file_already_missing_is_counted_and_marked(tmp_path, database):
     assert "1 already missing" in event.detail
 
 
-def test_a_file_that_cannot_be_deleted_is_retried_at_the_next_pass(tmp_path, database, monkeypatch,
-                                                                   caplog):
-    root = tmp_path / "storage"
-    uid = make_study(database, root)
-    stuck = root / _instances(database, uid)[1].path
+def refuse_to_delete(monkeypatch: pytest.MonkeyPatch, stuck: Path):  # type: ignore[no-untyped-def]
+    """os.unlink fails on ``stuck`` with EACCES, as on a read-only volume (tests run as root, so
+    permissions alone would not stop it); returns the real os.unlink, to put back."""
     real_unlink = os.unlink
 
     def unlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -194,6 +192,15 @@ def test_a_file_that_cannot_be_deleted_is_retried_at_the_next_pass(tmp_path, dat
         return real_unlink(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "unlink", unlink)
+    return real_unlink
+
+
+def test_a_file_that_cannot_be_deleted_is_retried_at_the_next_pass(tmp_path, database, monkeypatch,
+                                                                   caplog):
+    root = tmp_path / "storage"
+    uid = make_study(database, root)
+    stuck = root / _instances(database, uid)[1].path
+    real_unlink = refuse_to_delete(monkeypatch, stuck)
     report = apply_retention(database, root, NOW, days=30)
     assert (report.deleted, report.errors) == (1, 1)
     assert "1 could not be deleted (retried at the next pass)" in report.summary()
@@ -407,14 +414,7 @@ def test_a_file_purge_cannot_delete_is_reported(tmp_path, database, monkeypatch)
     root = tmp_path / "storage"
     uid = make_study(database, root)
     stuck = root / _instances(database, uid)[0].path
-    real_unlink = os.unlink
-
-    def unlink(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if Path(path) == stuck:
-            raise PermissionError(13, "Permission denied")
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", unlink)
+    real_unlink = refuse_to_delete(monkeypatch, stuck)
     report = purge_study(database, root, uid)
     assert f"{stuck.relative_to(root)}: Permission denied" in report.errors
     assert _count(database, Study) == 0 and stuck.is_file()
