@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import re
 import socket
 import time
@@ -98,7 +97,7 @@ from pydicom.sr.coding import Code
 from dicom_io.errors import SendError
 #: the worklist priorities (most urgent first) and finding-site codes are the SR's, so the
 #: RIS and the PACS are told the same
-from dicom_io.sr import FINDING_SITES, PRIORITIES
+from dicom_io.sr import FINDING_SITES, PRIORITIES, check_verdict
 
 if TYPE_CHECKING:
     from dicom_io.destinations import Origin
@@ -474,26 +473,10 @@ def _check_ipc(order: HL7Order) -> None:
 
 
 def _check_finding(f: HL7Finding) -> None:
-    _check_priority(f.priority, "priority")
-    threshold = _check_unit(f.threshold, "threshold")
-    if f.probability is None:
-        if f.abnormal is not None:
-            raise ValueError("abnormal must be None when probability is None")
-    else:
-        p = _check_unit(f.probability, "probability")
-        if f.abnormal is None or bool(f.abnormal) != (p >= threshold):
-            raise ValueError(f"abnormal={f.abnormal} contradicts probability {p} and threshold {threshold}")
-    if f.study_type is not None and f.study_type.strip().upper() not in FINDING_SITES:
-        raise ValueError(f"study_type must be one of {sorted(FINDING_SITES)} or None, got {f.study_type!r}")
+    check_verdict(probability=f.probability, abnormal=f.abnormal, threshold=f.threshold,
+                  priority=f.priority, study_type=f.study_type)
     if not (f.algorithm_name or "").strip() or not (f.algorithm_version or "").strip():
         raise ValueError("algorithm_name and algorithm_version are required")
-
-
-def _check_unit(value: float, what: str) -> float:
-    v = float(value)
-    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-        raise ValueError(f"{what} must be in [0, 1], got {value!r}")
-    return v
 
 
 # ------------------------------------------------------------------------------ hl7apy helpers

@@ -218,26 +218,31 @@ def _study_type(value: str | None, what: str) -> str | None:
     return key
 
 
-def _check_report(report: TriageReport) -> None:
-    """Raise ValueError if ``report`` is internally inconsistent."""
-    if report.priority not in PRIORITIES:
-        raise ValueError(
-            f"priority must be one of {PRIORITIES}, got {report.priority!r}"
-        )
-    threshold = _check_probability(report.threshold, "threshold")
-    if report.probability is None:
-        if report.abnormal is not None:
+def check_verdict(*, probability: float | None, abnormal: bool | None, threshold: float,
+                  priority: str, study_type: str | None) -> None:
+    """Raise ValueError if a study's verdict contradicts itself: the priority, the threshold
+    and probability in [0, 1], abnormal exactly when the probability reaches the threshold (None
+    when not analysed), a known study type. What the SR and the HL7 result both state."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+    threshold = _check_probability(threshold, "threshold")
+    if probability is None:
+        if abnormal is not None:
             raise ValueError("abnormal must be None when probability is None")
     else:
-        p = _check_probability(report.probability, "probability")
-        if report.abnormal is None:
+        p = _check_probability(probability, "probability")
+        if abnormal is None:
             raise ValueError("abnormal must be set when probability is set")
-        if bool(report.abnormal) != (p >= threshold):
-            raise ValueError(
-                f"abnormal={report.abnormal} contradicts probability {p} "
-                f"and threshold {threshold}"
-            )
-    _study_type(report.study_type, "study_type")
+        if bool(abnormal) != (p >= threshold):
+            raise ValueError(f"abnormal={abnormal} contradicts probability {p} and threshold {threshold}")
+    _study_type(study_type, "study_type")
+
+
+def _check_report(report: TriageReport) -> None:
+    """Raise ValueError if ``report`` is internally inconsistent."""
+    check_verdict(probability=report.probability, abnormal=report.abnormal,
+                  threshold=report.threshold, priority=report.priority,
+                  study_type=report.study_type)
     for view in report.views:
         if view.probability is not None:
             _check_probability(view.probability, "view probability")
