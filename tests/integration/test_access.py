@@ -193,3 +193,15 @@ def test_associations_over_the_limit_are_refused_as_busy_and_the_pdu_size_is_our
     wait_for(lambda: not r.ae.active_associations, 10, "the held associations to end")
     assert _store(r.port, study) == [0, 0]  # room again
     assert _stored(db) == 2
+
+
+def test_unreadable_tls_files_stop_start_up_naming_the_file(tmp_path, pki: PKI) -> None:
+    from daemon.access import AccessError, server_ssl_context
+    from daemon.config import NodeTLSConfig
+
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(AccessError, match=f"node.tls: cannot load cert_file {missing}"):
+        server_ssl_context(NodeTLSConfig(cert_file=missing, key_file=pki.server_key))
+    with pytest.raises(AccessError, match=f"node.tls: cannot load ca_file {missing}"):
+        server_ssl_context(NodeTLSConfig(cert_file=pki.server_cert, key_file=pki.server_key,
+                                         ca_file=missing))
