@@ -6,7 +6,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install install-test test-tools run test bench bench-pixels bench-training bench-load clean
+.PHONY: install install-test test-tools run test bench bench-pixels bench-training bench-load bench-model bench-e2e clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,8 @@ $(VENV)/.installed-test: $(VENV)/.installed setup.cfg
 
 # Debian tools the tests talk to: DCMTK (storescu, storescp, dcmdump, dcmcjpeg, dcmcjpls,
 # dcmcrle), dicom3tools (dciodvfy), OpenJPH (ojph_compress: the HTJ2K test files) and Orthanc
-# with its DICOMweb plugin (a real PACS for the integration tests).
+# with its DICOMweb plugin (a real PACS for the integration tests), and Chromium (the
+# dashboard's browser test, driven by the playwright package: it never downloads a browser).
 # Installed only when missing; needs root (or sudo).
 test-tools:
 	@missing=""; \
@@ -34,6 +35,7 @@ test-tools:
 	command -v ojph_compress >/dev/null 2>&1 || missing="$$missing openjph-tools"; \
 	command -v Orthanc >/dev/null 2>&1 || missing="$$missing orthanc"; \
 	ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1 || missing="$$missing orthanc-dicomweb"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -57,6 +59,12 @@ bench-training: install-test
 
 bench-load: install-test test-tools
 	$(BIN)/python benchmarks/load.py
+
+bench-model: install-test
+	$(BIN)/python benchmarks/model.py
+
+bench-e2e: install-test test-tools
+	$(BIN)/python benchmarks/e2e.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

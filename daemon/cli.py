@@ -10,6 +10,7 @@
     radtriage evaluate CHECKPOINT DATA --out DIR                 metrics and a report
     radtriage train DATA --out DIR                               train a DenseNet (the MURA recipe)
     radtriage phantoms OUT --studies N --seed S                  synthetic radiographs with truth
+    radtriage web-password [--token]    the web.password_hash (or an API token) for config.yaml
 
 Exit codes: 0 success, 1 runtime failure (model, port, database), 2 invalid configuration or usage.
 """
@@ -283,6 +284,32 @@ def cmd_purge(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_web_password(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Print the scrypt hash for ``web.password_hash`` (or a new token and its ``web.token_hash``)."""
+    import getpass
+    import secrets as _secrets
+
+    from web.auth import hash_secret
+
+    if args.token:
+        token = _secrets.token_urlsafe(32)
+        print(f"token (give it to Prometheus or your script; it is not shown again): {token}", file=out)
+        print(f"web:\n  token_hash: \"{hash_secret(token)}\"", file=out)
+        return EXIT_OK
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("admin password: ")
+        if getpass.getpass("again: ") != password:
+            print("radtriage: web-password: the two passwords differ", file=err)
+            return EXIT_CONFIG
+    if len(password) < 12:
+        print("radtriage: web-password: use at least 12 characters", file=err)
+        return EXIT_CONFIG
+    print(f"web:\n  password_hash: \"{hash_secret(password)}\"", file=out)
+    return EXIT_OK
+
+
 def cmd_import_model(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from inference.checkpoints import import_model_cli
 
@@ -365,6 +392,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="purge a study even while it is being received, scored or delivered")
     p.set_defaults(func=cmd_purge)
+    p = sub.add_parser("web-password", help="hash a dashboard password (or make an API token) for config.yaml",
+                       description="Print the line to put in config.yaml: web.password_hash for a "
+                       "password read from the terminal (or one line of standard input), or with "
+                       "--token a new random API token and its web.token_hash.")
+    p.add_argument("--token", action="store_true", help="make an API token instead of a password hash")
+    p.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_web_password)
     p = sub.add_parser("import-model", help="convert a model file into a radtriage checkpoint")
     p.add_argument("src", metavar="SRC", help="the model file to import")
     p.add_argument("--out", required=True, metavar="DST", help="the checkpoint to write")

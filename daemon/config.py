@@ -160,7 +160,7 @@ class DatabaseConfig(_Section):
 
 class CompletionConfig(_Section):
     release_grace_s: float = Field(
-        2, ge=0, le=3600,
+        0.5, ge=0, le=3600,
         description="After the association that brought a study is released, wait this long "
         "for more instances before the study is complete.",
     )
@@ -176,7 +176,27 @@ class ModelConfig(_Section):
         Path("models/radtriage-demo.pt"), description="radtriage checkpoint file (.pt)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Views scored together.")
+    batch_size: int = Field(
+        8, ge=1, le=4096, description="Most views in one model batch, from any studies in flight "
+        "(8 is fastest on a 2-core CPU; 64-256 on a GPU).")
+    max_wait_ms: float = Field(
+        10, ge=0, le=10_000, description="How long the first view of a batch waits for more views "
+        "(of any study) before the batch runs smaller.")
+    queue_views: int = Field(
+        0, ge=0, le=1_000_000, description="Prepared views that may wait for the model; when it is "
+        "full, preparation waits (back-pressure). 0: four batches.")
+    studies_in_flight: int = Field(
+        2, ge=1, le=256, description="Studies prepared and scored at once; their views share the "
+        "model's batches.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a CUDA GPU (fp16 where it has no bf16), float32 "
+        "on the CPU.")
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune",
+                     "max-autotune-no-cudagraphs"] = Field(
+        "auto", description="torch.compile mode; auto: 'default' on CUDA, off on the CPU. A model "
+        "that cannot be compiled is served eager, with a warning.")
+    warm_up: bool = Field(
+        True, description="Score blank views at start-up so the first study is not slow.")
     threshold: float = Field(
         0.5, gt=0, lt=1, description="Study probability at or above which the study is abnormal."
     )
@@ -275,6 +295,25 @@ class ScoringConfig(_Section):
             body_parts={k: tuple(v) for k, v in self.body_parts.items()},
             ignored_words=tuple(self.ignored_words),
         )
+
+
+class UrgencyConfig(_Section):
+    """Which studies are scored first: urgent ones are HIGH in the scoring queue, the rest
+    ROUTINE. Known at arrival, from the sender; the result's priority flag comes later."""
+
+    c_store_priority: bool = Field(
+        True, description="A C-STORE request sent with Priority HIGH (0x0002) makes its study urgent.")
+    procedure_priorities: Annotated[list[str], AfterValidator(_check_upper)] = Field(
+        default_factory=lambda: ["STAT"],
+        description="Requested Procedure Priority (0040,1003) values, at the top level or in the "
+        "Request Attributes Sequence, that make a study urgent (DICOM: STAT, HIGH, ROUTINE, MEDIUM, LOW).")
+    calling_ae_titles: list[AETitle] = Field(
+        default_factory=list,
+        description="Calling AE titles whose studies are urgent (e.g. the emergency department's "
+        "modalities).")
+    aging_s: float = Field(
+        30, ge=0, le=86400, description="A ROUTINE study waits at most this much longer for urgent "
+        "ones than it would with no urgent work (urgent first, nothing starves).")
 
 
 class PriorityRule(_Section):
@@ -458,6 +497,52 @@ class LoggingConfig(_Section):
     file: Path | None = Field(None, description="Log file; null logs to standard error.")
 
 
+#: What ``radtriage web-password`` writes: scrypt$N$r$p$salt$key (salt and key base64).
+_SCRYPT_HASH = re.compile(r"^scrypt\$(\d+)\$(\d+)\$(\d+)\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}$")
+
+
+def _check_secret_hash(value: str | None) -> str | None:
+    if value is None:
+        return None
+    m = _SCRYPT_HASH.match(value.strip())
+    if not m or int(m.group(1)) < 2 or int(m.group(1)) & (int(m.group(1)) - 1):
+        raise ValueError("not a hash radtriage made: run `radtriage web-password` (or "
+                         "`radtriage web-password --token`) and paste the scrypt$... line it prints")
+    return value.strip()
+
+
+class WebConfig(_Section):
+    """The operators' dashboard, JSON API, /metrics, /healthz and /readyz (one HTTP server)."""
+
+    enabled: bool = Field(False, description="Serve the dashboard; needs password_hash or token_hash.")
+    host: str = Field("127.0.0.1", description="Address to listen on; loopback by default (put a "
+                      "TLS reverse proxy in front to reach it from other machines).")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the dashboard.")
+    password_hash: Annotated[str | None, AfterValidator(_check_secret_hash)] = Field(
+        None, description="scrypt hash of the admin password (`radtriage web-password`); "
+        "null: no password login.")
+    token_hash: Annotated[str | None, AfterValidator(_check_secret_hash)] = Field(
+        None, description="scrypt hash of an API token (`radtriage web-password --token`) that "
+        "scripts and Prometheus send as `Authorization: Bearer TOKEN`; null: none.")
+    session_lifetime_s: float = Field(
+        8 * 3600, ge=60, le=30 * 86400, description="A login lasts this long, then the user "
+        "logs in again (absolute, not sliding).")
+    secret_key: str | None = Field(
+        None, min_length=32, description="Key that signs session cookies (32+ characters; set it "
+        "from the environment); null: a random key per start, so a restart logs everyone out.")
+    secure_cookies: bool = Field(False, description="Mark cookies Secure (HTTPS only): set it "
+                                 "when a TLS reverse proxy serves the dashboard.")
+    upload_max_mb: float = Field(64, gt=0, le=4096, description="Largest upload on the upload "
+                                 "page, all files together.")
+
+    @model_validator(mode="after")
+    def _some_login(self) -> "WebConfig":
+        if self.enabled and self.password_hash is None and self.token_hash is None:
+            raise ValueError("web.enabled needs password_hash or token_hash: make one with "
+                             "`radtriage web-password` (nobody could log in otherwise)")
+        return self
+
+
 class Config(_Section):
     node: NodeConfig = Field(default_factory=NodeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -468,11 +553,13 @@ class Config(_Section):
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    urgency: UrgencyConfig = Field(default_factory=UrgencyConfig)
     priority: PriorityConfig = Field(default_factory=PriorityConfig)
     destinations: list[Destination] = Field(default_factory=list)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("destinations")
     @classmethod

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from sqlalchemy import case, func, select, update
 
+from daemon import metrics
 from daemon.config import DispatchConfig
 from daemon.logs import study_logger
 from db import Database, Delivery, DeliveryState, Event, EventKind, Study, StudyResult, StudyState, utcnow
@@ -115,16 +116,19 @@ class Dispatcher:
                             detail=f"{d.object_kind} {d.sop_instance_uid} to {dest_name} "
                                    f"(attempt {d.attempts})"))
                 slog.info("%s sent to %s (attempt %d)", d.object_kind, dest_name, d.attempts)
+                metrics.DELIVERIES.labels("delivered").inc()
                 self._destination_is_back(s, dest_name, now)
                 self._maybe_delivered(s, d.result, now)
                 return True
             d.last_error = error[:2000]
+            metrics.ERRORS.labels("delivery").inc()
             s.add(Event(at=now, study_id=study.id, kind=EventKind.SEND_FAILED,
                         detail=f"{d.object_kind} to {dest_name}, attempt {d.attempts}: {error}"[:2000]))
             if d.result.superseded:
                 d.state = DeliveryState.SUPERSEDED  # a newer result replaced it meanwhile
             elif d.attempts >= self.config.max_attempts:
                 d.state = DeliveryState.DEAD
+                metrics.DELIVERIES.labels("dead").inc()
                 # only the delivery of the study's current revision may fail the study
                 if study.state == StudyState.DISPATCHING and d.result.study_revision == study.revision:
                     study.state = StudyState.FAILED
@@ -135,6 +139,7 @@ class Dispatcher:
                 wait = backoff_s(d.attempts, self.config.backoff_initial_s, self.config.backoff_max_s)
                 d.state = DeliveryState.PENDING
                 d.next_attempt_at = now + dt.timedelta(seconds=wait)
+                metrics.DELIVERIES.labels("failed").inc()
                 slog.warning("%s to %s failed (attempt %d), retry in %.0f s: %s", d.object_kind,
                              dest_name, d.attempts, wait, error)
         return False

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
@@ -37,7 +38,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from daemon.access import calling_host_refusal, server_ssl_context
-from daemon.config import Config
+from daemon import metrics
+from daemon.config import Config, UrgencyConfig
 from daemon.logs import study_logger
 from db import Association, Database, Event, EventKind, Instance, Study, StudyState, utcnow
 from dicom_io.errors import (
@@ -108,6 +110,35 @@ class ReceivedHeader:
     sop_class_uid: str
     modality: str | None
     accession_number: str | None
+    #: Requested Procedure Priority (0040,1003), top level or in the Request Attributes Sequence
+    procedure_priority: str | None = None
+
+
+def _procedure_priority(ds: Dataset) -> str | None:
+    values = [ds.get("RequestedProcedurePriority")]
+    for item in ds.get("RequestAttributesSequence") or ():
+        values.append(item.get("RequestedProcedurePriority"))
+    for value in values:
+        text = str(value or "").strip().upper()
+        if text:
+            return text[:16]
+    return None
+
+
+#: C-STORE request Priority (0000,0700): 0x0002 HIGH (0x0000 MEDIUM, 0x0001 LOW)
+C_STORE_PRIORITY_HIGH = 0x0002
+
+
+def urgency_reason(rules: UrgencyConfig, *, c_store_priority: int | None,
+                   procedure_priority: str | None, calling: str) -> str | None:
+    """Why an instance makes its study urgent (``urgency:``), or None: a pure rule."""
+    if rules.c_store_priority and c_store_priority == C_STORE_PRIORITY_HIGH:
+        return "C-STORE priority HIGH"
+    if procedure_priority and procedure_priority in rules.procedure_priorities:
+        return f"requested procedure priority {procedure_priority}"
+    if calling and calling in rules.calling_ae_titles:
+        return f"calling AE {calling}"
+    return None
 
 
 def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHeader:
@@ -120,6 +151,7 @@ def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHead
         ds_class = str(ds.get("SOPClassUID", "")).strip()
         modality = str(ds.get("Modality", "") or "").strip() or None
         accession = str(ds.get("AccessionNumber", "") or "").strip()[:16] or None
+        procedure_priority = _procedure_priority(ds)
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
             NotImplementedError, OverflowError) as exc:
         raise InvalidInstance(f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
@@ -129,7 +161,8 @@ def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHead
         raise UnsupportedInstance(
             f"SOP Class UID in the data set ({ds_class[:64]!r}) differs from the request ({sop_class_uid})"
         )
-    return ReceivedHeader(study_uid, series_uid, sop_uid, sop_class_uid, modality, accession)
+    return ReceivedHeader(study_uid, series_uid, sop_uid, sop_class_uid, modality, accession,
+                          procedure_priority)
 
 
 class Receiver:
@@ -359,6 +392,7 @@ class Receiver:
             return status
         except Exception as exc:  # mapped to a named status: no exception may escape a handler
             code = status_for(exc)
+            metrics.INSTANCES_RECEIVED.labels("failed" if code == Status.PROCESSING_FAILURE else "refused").inc()
             log.error("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid[:64], calling,
                       code, exc, exc_info=not isinstance(exc, (InvalidInstance, UnsupportedInstance,
                                                                StorageFull, InstanceTooLarge,
@@ -377,6 +411,7 @@ class Receiver:
             discard(tmp)
             slog.info("instance %s re-sent by %s, identical: kept the stored copy",
                       header.sop_uid, calling)
+            metrics.INSTANCES_RECEIVED.labels("duplicate").inc()
             return int(Status.SUCCESS)
         assoc_id = self._association_id(event.assoc)
         commit_temp(self.root, tmp, relpath)
@@ -392,6 +427,7 @@ class Receiver:
                 discard(dest)
             raise
         slog.debug("stored %s (%d bytes) from %s", header.sop_uid, size, calling)
+        metrics.INSTANCES_RECEIVED.labels("stored").inc()
         return int(Status.SUCCESS)
 
     def _identical_copy(self, header: ReceivedHeader, dest: Path, tmp: Path, size: int,
@@ -434,6 +470,11 @@ class Receiver:
                     "late instance re-opened the study (was %s)", previous.value)
             study.last_received_at = now
             study.last_association_id = assoc_id
+            urgent = urgency_reason(self.config.urgency, c_store_priority=event.request.Priority,
+                                    procedure_priority=header.procedure_priority, calling=calling)
+            if urgent and not study.urgent:
+                study.urgent, study.urgent_reason = True, urgent
+                study_logger(log, header.study_uid).info("urgent study: %s", urgent)
             study.calling_ae = calling
             instance = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
             if instance is None:

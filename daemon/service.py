@@ -7,6 +7,8 @@ associations, lets in-flight C-STOREs and the study being scored finish, and clo
 
 from __future__ import annotations
 
+import datetime as dt
+
 import logging
 import signal
 import threading
@@ -21,7 +23,10 @@ from daemon.config import Config
 from daemon.dispatch import Dispatcher
 from daemon.receiver import Receiver
 from daemon.retention import apply_retention
-from daemon.worker import ScoringWorker, StudyScorer, ViewScorer, build_pool, recover
+from daemon import metrics
+from daemon.worker import (ScoringWorker, StudyScorer, ViewScorer, as_engine, build_pool,
+                           engine_options, recover)
+from inference.engine import InferenceEngine
 from db import Database, utcnow
 from dicom_io.destinations import Destination, DicomStore
 from dicom_io.errors import SendError
@@ -52,7 +57,38 @@ def load_scorer(config: Config) -> ViewScorer:
     log.info("model %s %s (%s) on %s", card.name, card.version, card.arch, device)
     if card.notice:
         log.warning("model %s %s: %s", card.name, card.version, card.notice)
-    return Scorer(model, card, device=device, batch_size=m.batch_size, cpu_threads=m.cpu_threads)
+    from inference.model import resolve_compile
+
+    try:
+        scorer = Scorer(model, card, device=device, batch_size=m.batch_size,
+                        cpu_threads=m.cpu_threads, precision=m.precision,
+                        compile=resolve_compile(m.compile, device))
+    except RuntimeError as exc:  # e.g. out of memory moving the model onto the GPU
+        raise StartupError(f"model.device: cannot put the model on {device}: {exc}") from exc
+    if m.warm_up:
+        seconds = scorer.warm_up()
+        log.info("model warmed up in %.1f s", seconds)
+    log.info("inference: %s; dynamic batching up to %d view(s) or %g ms", scorer.describe(),
+             m.batch_size, m.max_wait_ms)
+    return scorer
+
+
+def build_engine(config: Config, scorer: ViewScorer | None = None) -> InferenceEngine:
+    """The one engine every study in flight hands its views to, with its metrics, started.
+
+    Without ``scorer`` the engine loads the configured model in its own thread
+    (:func:`load_scorer`), so every torch operation runs there (``inference.engine``)."""
+    def on_batch(views: int, seconds: float, queued: int) -> None:
+        metrics.INFERENCE_SECONDS.observe(seconds)
+        metrics.INFERENCE_BATCH_VIEWS.observe(views)
+        metrics.ENGINE_QUEUE_VIEWS.set(queued)
+
+    if scorer is not None:
+        engine = as_engine(scorer, config)
+    else:
+        engine = InferenceEngine(factory=lambda: load_scorer(config), **engine_options(config))
+    engine.on_batch = on_batch
+    return engine.start()
 
 
 def model_preprocessing(config: Config, card: "ModelCard") -> Preprocessing:  # noqa: F821
@@ -135,8 +171,10 @@ class Service:
         self.receiver: Receiver | None = None
         self.worker: ScoringWorker | None = None
         self.pool: PreparePool | None = None
+        self.engine: InferenceEngine | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.web = None  # web.server.WebServer, when web.enabled
         self._stopped = threading.Event()
 
     # -- start -----------------------------------------------------------------------------
@@ -144,8 +182,8 @@ class Service:
     def start(self) -> None:
         cfg = self.config
         cfg.storage.path.mkdir(parents=True, exist_ok=True)
-        scorer = self._scorer or load_scorer(cfg)
-        self.pool = build_pool(cfg, model_preprocessing(cfg, scorer.card))
+        self.engine = build_engine(cfg, self._scorer)  # loads the model in its own thread
+        self.pool = build_pool(cfg, model_preprocessing(cfg, self.engine.card))
         p, o = self.pool.prep, self.pool.opts
         log.info("preprocessing %d px %s, crop %s, CLAHE %s; decoding at %s, reduced decoding %s, "
                  "multi-frame %s, %d preparation process(es)", p.size, p.resize,
@@ -158,7 +196,8 @@ class Service:
             recover(self.db, self.clock())
         except SQLAlchemyError as exc:
             raise StartupError(f"database.url: cannot use {self.db.describe()}: {exc}") from exc
-        self.worker = ScoringWorker(StudyScorer(cfg, self.db, scorer, clock=self.clock, pool=self.pool))
+        self.worker = ScoringWorker(StudyScorer(cfg, self.db, self.engine, clock=self.clock, pool=self.pool),
+                                    threads=cfg.model.studies_in_flight)
         self.dispatcher = Dispatcher(self.db, self._destinations or build_destinations(cfg),
                                      cfg.dispatch, cfg.storage.path, clock=self.clock)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -171,7 +210,7 @@ class Service:
                                    id="retention", max_instances=1, coalesce=True,
                                    next_run_time=utcnow())  # and once at start
         self.worker.on_scored = self._dispatch_now
-        self.receiver = Receiver(cfg, self.db, clock=self.clock)
+        self.receiver = Receiver(cfg, self.db, clock=self.clock, on_released=self._released)
         try:
             self.receiver.start()
         except AccessError as exc:
@@ -182,9 +221,31 @@ class Service:
             ) from exc
         self.worker.start()
         self.scheduler.start()
+        if cfg.web.enabled:
+            self._start_web()
         log.info("radtriage is running: AE %s, port %s, %d destination(s), storage %s, database %s",
                  cfg.node.ae_title, self.receiver.port, len(cfg.destinations), cfg.storage.path,
                  self.db.describe())
+
+    def _start_web(self) -> None:
+        """The dashboard, JSON API and /metrics (web/), on web.host:web.port; uploads are
+        scored by the daemon's engine, sharing batches with the studies in flight."""
+        from web.app import WebContext, create_app
+        from web.server import WebServer
+
+        cfg = self.config
+        receiver = self.receiver
+        ctx = WebContext(config=cfg, db=self.db, scorer=self.engine, clock=self.clock, checks={
+            "receiver": lambda: (receiver is not None and not self._stopped.is_set(),
+                                 f"AE {cfg.node.ae_title} on port {receiver.port}" if receiver
+                                 else "not started")})
+        self.web = WebServer(create_app(ctx), cfg.web.host, cfg.web.port)
+        try:
+            self.web.start()
+        except OSError as exc:
+            self.web = None
+            raise StartupError(f"web.port: cannot listen on {cfg.web.host}:{cfg.web.port}: "
+                               f"{exc.strerror or exc}") from exc
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -197,6 +258,13 @@ class Service:
             return
         if done and self.worker is not None:
             self.worker.wake()
+
+    def _released(self) -> None:
+        """An association ended: check completion the moment its study's grace period is over,
+        rather than at the next periodic sweep."""
+        if self.scheduler is not None and self.scheduler.running:
+            at = utcnow() + dt.timedelta(seconds=self.config.completion.release_grace_s + 0.02)
+            self.scheduler.add_job(self._completion_tick, "date", run_date=at, misfire_grace_time=60)
 
     def _dispatch_tick(self) -> None:
         try:
@@ -229,6 +297,10 @@ class Service:
             return
         self._stopped.set()
         log.info("stopping: finishing in-flight work")
+        if self.web is not None:
+            self.web.stop()
+            if self.web.app.state.ctx.upload_pool is not None:
+                self.web.app.state.ctx.upload_pool.close()
         if self.receiver is not None:
             self.receiver.stop()
         if self.dispatcher is not None:
@@ -236,6 +308,8 @@ class Service:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join()
+        if self.engine is not None:
+            self.engine.close()
         if self.pool is not None:
             self.pool.close()
         if self.scheduler is not None and self.scheduler.running:

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -51,6 +52,8 @@ from dicom_io.geometry import ViewGeometry, peak_box
 from dicom_io.heatmaps import encode_heatmap
 from dicom_io.sr import PRIORITIES, TriageReport, ViewScore, series_description
 from dicom_io.storage import durable_write, output_relpath
+from daemon import metrics
+from inference.engine import InferenceEngine
 from inference.policy import is_abnormal, priority_for, study_probability
 
 log = logging.getLogger(__name__)
@@ -91,14 +94,6 @@ def device_uid(name: str, version: str) -> str:
     return generate_uid(entropy_srcs=[DEVICE_UID_NAMESPACE, name, version])
 
 
-def _score_frames(scorer: ViewScorer, frames: list[np.ndarray], heatmap: str | None
-                  ) -> list[tuple[float, np.ndarray | None]]:
-    with_maps = getattr(scorer, "score_with_heatmaps", None)
-    if heatmap and with_maps is not None:
-        return [(float(p), m) for p, m in with_maps(frames, heatmap)]
-    return [(float(p), None) for p in scorer.score(frames)]
-
-
 #: How a view's error begins when the scoring itself failed (not the view): such a study is
 #: also recorded as failed (an event and its state reason), though its not-analysed SR is sent.
 SCORING_FAILURES = ("inference failed", "scoring timed out")
@@ -109,21 +104,62 @@ SCORING_FAILURES = ("inference failed", "scoring timed out")
 VIEWS_PER_CHUNK = 32
 
 
+def as_engine(scorer: ViewScorer, config: Config | None = None) -> InferenceEngine:
+    """``scorer`` if it is an engine already, else a new engine over it (batch size: the
+    scorer's own, else ``model.batch_size``). The caller closes what it made."""
+    if isinstance(scorer, InferenceEngine):
+        return scorer
+    return InferenceEngine(
+        scorer, **engine_options(config, getattr(scorer, "batch_size", None)))
+
+
+def engine_options(config: Config | None, batch_size: int | None = None) -> dict:
+    """The engine's settings from the config (``model:`` and ``urgency.aging_s``)."""
+    if config is None:
+        return {"batch_size": batch_size}
+    m = config.model
+    return {"batch_size": batch_size or m.batch_size, "max_wait_ms": m.max_wait_ms,
+            "queue_views": m.queue_views, "aging_s": config.urgency.aging_s}
+
+
+@dataclass
+class StageTimes:
+    """Seconds a study spent preparing its views and waiting for the model (metrics)."""
+
+    prepare: float = 0.0
+    inference: float = 0.0
+
+
 def score_views(scorer: ViewScorer, pool: PreparePool,
                 paths: Sequence[tuple[int, str, Path]], *, heatmap: str | None = "cam",
-                timeout_s: float | None = None) -> list[ViewOutcome]:
-    """Prepare the views in the pool and score their frames in batches, chunk by chunk
-    (:data:`VIEWS_PER_CHUNK`), keeping every reason a view is not scored.
+                timeout_s: float | None = None, rank: int = 1,
+                times: StageTimes | None = None) -> list[ViewOutcome]:
+    """Prepare the views in the pool and score their frames in the inference engine, chunk by
+    chunk (:data:`VIEWS_PER_CHUNK`), keeping every reason a view is not scored.
+
+    ``scorer``: an :class:`InferenceEngine` (the daemon's, shared by every study in flight, so
+    this study's views share batches with others), or a plain scorer, which gets an engine of
+    its own for the call. ``rank``: 0 for an urgent study, 1 for the others.
 
     A multi-frame view (``decoding.multiframe: frames``) scores the mean of its frames, and
     shows the heatmap of its most suspicious frame. ``heatmap``: cam, gradcam or None.
     ``timeout_s`` (``limits.study_timeout_s``): what is not prepared or scored by then is "not
-    analysed: scoring timed out"; the model is asked batch by batch, so it stops at the next
-    batch after the deadline. If the model raises, no view of the study keeps a score: the
-    study is reported not analysed with the error.
+    analysed: scoring timed out" (views still queued are taken back from the engine). If the
+    model raises, no view of the study keeps a score: the study is reported not analysed with
+    the error.
     """
+    engine = as_engine(scorer)
+    try:
+        return _score_views(engine, pool, paths, heatmap, timeout_s, rank, times or StageTimes())
+    finally:
+        if engine is not scorer:
+            engine.close()
+
+
+def _score_views(engine: InferenceEngine, pool: PreparePool, paths: Sequence[tuple[int, str, Path]],
+                 heatmap: str | None, timeout_s: float | None, rank: int, times: StageTimes
+                 ) -> list[ViewOutcome]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    step = max(1, int(getattr(scorer, "batch_size", 16) or 16))
     outcomes: list[ViewOutcome] = []
     failure = None
     timed_out = (f"scoring timed out: not scored within limits.study_timeout_s ({timeout_s:g} s)"
@@ -134,27 +170,38 @@ def score_views(scorer: ViewScorer, pool: PreparePool,
         if failure is not None or (left is not None and left <= 0):
             outcomes += [ViewOutcome(i, uid, None, failure or timed_out) for i, uid, _ in chunk]
             continue
+        t0 = time.perf_counter()
         prepared = pool.map([p for _, _, p in chunk], timeout_s=left)
+        t1 = time.perf_counter()
         frames: list[np.ndarray] = []
         owner: list[tuple[int, int]] = []
         for i, view in enumerate(prepared):
             if view.tensor is not None:
                 frames.extend(view.tensor)
                 owner.extend((i, f) for f in range(view.frames))
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        futures = engine.submit(frames, heatmap=heatmap, rank=rank, timeout_s=left)
         error = None
         scored: list[tuple[float, np.ndarray | None]] = []
-        try:
-            for start in range(0, len(frames), step):
-                if deadline is not None and time.monotonic() > deadline:
-                    error = timed_out
-                    log.error("%s; %d of %d frame(s) of this chunk scored", error, len(scored),
-                              len(frames))
-                    break
-                scored += _score_frames(scorer, frames[start:start + step], heatmap)
-        except Exception as exc:  # the model failed on this study: report it as not analysed
-            log.exception("inference failed")
-            scored = []
-            error = failure = f"inference failed: {type(exc).__name__}: {exc}"
+        for n, future in enumerate(futures):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                scored.append(future.result(timeout=left))
+            except (FutureTimeout, TimeoutError):
+                for rest in futures[n:]:
+                    rest.cancel()  # still queued: the engine skips it
+                error = timed_out
+                log.error("%s; %d of %d frame(s) of this chunk scored", error, n, len(frames))
+                break
+            except Exception as exc:  # the model failed on this study: report it as not analysed
+                for rest in futures[n:]:
+                    rest.cancel()
+                log.error("inference failed: %s: %s", type(exc).__name__, exc)
+                scored = []
+                error = failure = f"inference failed: {type(exc).__name__}: {exc}"
+                break
+        times.prepare += t1 - t0
+        times.inference += time.perf_counter() - t1
         outcomes += _chunk_outcomes(chunk, prepared, owner, scored, error)
     if failure is not None:  # no view keeps a score from a model that failed on the study
         outcomes = [ViewOutcome(o.instance_id, o.sop_instance_uid, None, o.error or failure,
@@ -202,9 +249,13 @@ class StudyScorer:
 
     def __init__(self, config: Config, db: Database, scorer: ViewScorer, *,
                  clock: Callable[[], dt.datetime] = utcnow, pool: PreparePool | None = None) -> None:
+        """``scorer``: the daemon's :class:`InferenceEngine` (shared), or a plain scorer, which
+        gets an engine of its own (closed by :meth:`close`)."""
         self.config = config
         self.db = db
-        self.scorer = scorer
+        self.engine = as_engine(scorer, config)
+        self._owns_engine = self.engine is not scorer
+        self.scorer = self.engine
         self.clock = clock
         self.root = config.storage.path
         self._owns_pool = pool is None
@@ -212,18 +263,34 @@ class StudyScorer:
             config, Preprocessing.from_card(scorer.card.preprocessing))
 
     def close(self) -> None:
-        """Stop the preparation processes this scorer started (a pool passed in is the caller's)."""
+        """Stop the preparation processes and the engine this scorer started (a pool or engine
+        passed in is the caller's)."""
+        if self._owns_engine:
+            self.engine.close()
         if self._owns_pool:
             self.pool.close()
 
     def claim_next(self) -> tuple[int, int] | None:
-        """Move the oldest complete study to scoring; return (study id, revision)."""
-        with self.db.session() as s:
-            study = s.scalars(
-                select(Study).where(Study.state == StudyState.COMPLETE)
+        """Move the next complete study to scoring; return (study id, revision).
+
+        Urgent studies first, oldest first, with ageing: a routine study completed more than
+        ``urgency.aging_s`` before the oldest urgent one goes first, so none starves.
+        """
+        def oldest(s, urgent: bool):  # type: ignore[no-untyped-def]
+            return s.scalars(
+                select(Study).where(Study.state == StudyState.COMPLETE, Study.urgent.is_(urgent))
                 .order_by(Study.completed_at, Study.id).limit(1)
                 .with_for_update(skip_locked=True)
             ).first()
+
+        with self.db.session() as s:
+            urgent, routine = oldest(s, True), oldest(s, False)
+            study = urgent or routine
+            if urgent is not None and routine is not None and routine.completed_at is not None \
+                    and urgent.completed_at is not None:
+                aging = dt.timedelta(seconds=self.config.urgency.aging_s)
+                if routine.completed_at + aging < urgent.completed_at:
+                    study = routine
             if study is None:
                 return None
             study.state = StudyState.SCORING
@@ -236,6 +303,10 @@ class StudyScorer:
             if study is None or study.state != StudyState.SCORING or study.revision != revision:
                 return None
             study_uid = study.study_instance_uid
+            rank = 0 if study.urgent else 1
+            waited = {"complete": _seconds(study.last_received_at, study.completed_at),
+                      "queued": _seconds(study.completed_at, self.clock())}
+            last_received = study.last_received_at
             rows = [(i.id, i.sop_instance_uid, self.root / i.path) for i in study.instances if i.stored]
             previous = s.scalars(select(StudyResult).where(
                 StudyResult.study_id == study_id, StudyResult.superseded.is_(False))
@@ -244,8 +315,10 @@ class StudyScorer:
             raised = self._hl7_priorities_sent(s, study_id)
         slog = study_logger(log, study_uid)
         card = self.scorer.card
-        outcomes = score_views(self.scorer, self.pool, rows, heatmap=self.config.model.heatmap,
-                               timeout_s=self.config.limits.study_timeout_s)
+        times = StageTimes()
+        outcomes = score_views(self.engine, self.pool, rows, heatmap=self.config.model.heatmap,
+                               timeout_s=self.config.limits.study_timeout_s, rank=rank, times=times)
+        t_products = time.perf_counter()
         probability = study_probability(o.probability for o in outcomes)
         threshold = self.config.model.threshold
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
@@ -302,7 +375,18 @@ class StudyScorer:
             for _, relpath in written:  # nothing half-made is left behind; scored again later
                 (self.root / relpath).unlink(missing_ok=True)
             raise
-        return self._record(study_id, revision, report, outcomes, written, slog)
+        result_id = self._record(study_id, revision, report, outcomes, written, slog)
+        if result_id is not None:
+            waited.update(prepare=times.prepare, inference=times.inference,
+                          products=time.perf_counter() - t_products,
+                          total=_seconds(last_received, self.clock()))
+            for stage, seconds in waited.items():
+                if seconds is not None:
+                    metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+            metrics.STUDIES_SCORED.labels(report.priority).inc()
+            slog.info("scored in %s", ", ".join(f"{k} {v:.2f} s" for k, v in waited.items()
+                                                if v is not None))
+        return result_id
 
     @staticmethod
     def _hl7_priorities_sent(s, study_id: int) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -410,6 +494,10 @@ class StudyScorer:
             s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
 
 
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    return None if start is None or end is None else max(0.0, (end - start).total_seconds())
+
+
 def _counts(kinds: Iterable[str]) -> list[tuple[str, int]]:
     seen: dict[str, int] = {}
     for k in kinds:
@@ -460,28 +548,47 @@ def recover(db: Database, now: dt.datetime) -> None:
                     "to score again, %d delivery(ies) to send again", n_assoc, len(scoring), n_send)
 
 
-class ScoringWorker(threading.Thread):
-    """Scores complete studies one after another until stopped; woken by the completion sweep."""
+class ScoringWorker:
+    """Scores complete studies until stopped, ``threads`` at a time (``model.studies_in_flight``),
+    so the views of several studies share the engine's batches; woken by the completion sweep."""
 
-    def __init__(self, study_scorer: StudyScorer) -> None:
-        super().__init__(name="radtriage-scoring", daemon=True)
+    def __init__(self, study_scorer: StudyScorer, threads: int = 1) -> None:
         self.study_scorer = study_scorer
-        self._wake = threading.Event()
+        self._threads = [threading.Thread(target=self.run, name=f"radtriage-scoring-{n}", daemon=True)
+                         for n in range(max(1, threads))]
+        self._wake = threading.Condition()
+        self._wakes = 0
         self._stopping = threading.Event()
         self.on_scored: Callable[[], None] | None = None
 
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            t.join(timeout)
+
+    def is_alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
     def wake(self) -> None:
-        self._wake.set()
+        with self._wake:
+            self._wakes += 1
+            self._wake.notify_all()
 
     def stop(self) -> None:
-        """Finish the study in hand, then stop."""
+        """Finish the studies in hand, then stop."""
         self._stopping.set()
-        self._wake.set()
+        self.wake()
 
     def run(self) -> None:
+        seen = 0
         while not self._stopping.is_set():
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
+            with self._wake:
+                if self._wakes == seen:
+                    self._wake.wait(timeout=1.0)
+                seen = self._wakes
             while not self._stopping.is_set() and self.run_once():
                 pass
 

@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 
 from sqlalchemy import (
+    false,
     BigInteger,
     Boolean,
     DateTime,
@@ -134,6 +135,9 @@ class Study(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     #: bumped each time a late instance re-opens the study; a result belongs to one revision
     revision: Mapped[int] = mapped_column(Integer, default=1)
+    #: scored ahead of the others (``urgency:`` in the config), and why; set at arrival
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    urgent_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
     results: Mapped[list[StudyResult]] = relationship(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -131,15 +132,17 @@ class PreparePool:
         self.log_setup = log_setup
         self.workers = workers or default_workers()
         self._executor: Executor | None = None
+        self._lock = threading.Lock()  # studies in flight share the pool
         #: what a worker runs for one view (a module-level function: it is pickled by name)
         self.task: Callable[..., PreparedView] = prepare_view
 
     def _pool(self) -> Executor:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.log_setup,))
-        return self._executor
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker, initargs=(self.log_setup,))
+            return self._executor
 
     def map(self, paths: Sequence[Path | str], *, timeout_s: float | None = None) -> list[PreparedView]:
         """Every view's outcome, in order.

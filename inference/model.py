@@ -20,12 +20,14 @@ sha256) still load, unverified; a ``/2`` file without a sha256 is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -450,38 +452,187 @@ def select_device(preference: Literal["auto", "cpu", "cuda"]) -> torch.device:
     return torch.device("cpu")
 
 
+#: What ``model.precision`` may say: ``auto`` is bf16 autocast on a CUDA GPU that has it (fp16
+#: on older ones) and float32 on the CPU.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``torch.compile`` modes ``model.compile`` may name, besides ``auto`` and ``off``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: What ``model.compile: auto`` uses on CUDA (``benchmarks/model.py --compile-modes`` measures
+#: the others); on the CPU ``auto`` is eager.
+AUTO_COMPILE_MODE = "default"
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; None is plain float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or device.type != "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def resolve_compile(mode: str, device: torch.device) -> str | None:
+    """The torch.compile mode for ``model.compile`` on ``device``; None: eager."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return AUTO_COMPILE_MODE
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; auto, off or one of {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def _buckets(batch_size: int) -> list[int]:
+    """Batch shapes a compiled model is warmed up for: powers of two below batch_size, and it."""
+    sizes = [1 << k for k in range(batch_size.bit_length()) if (1 << k) < batch_size]
+    return sizes + [batch_size]
+
+
 class Scorer:
-    """Scores prepared views (float32 arrays, 3xHxW, normalised) in batches."""
+    """Scores prepared views (float32 arrays, 3xHxW, normalised) in batches on one device.
+
+    Both devices use channels_last. On CUDA: autocast at ``precision`` (bf16 where the GPU has
+    it), host batches in pinned memory copied without blocking, optionally ``torch.compile``
+    (``compile``: a mode, or None) of the convolutional trunk with batches padded to a few
+    fixed shapes so nothing recompiles while serving, and a compile that fails falls back to
+    eager with a warning. On CUDA out-of-memory the batch is halved and the work goes on; the
+    smaller size is kept. On the CPU: ``cpu_threads`` torch threads (0: torch's default).
+    """
 
     def __init__(
         self, model: nn.Module, card: ModelCard, *, device: torch.device,
-        batch_size: int = 16, cpu_threads: int = 0,
+        batch_size: int = 16, cpu_threads: int = 0, precision: str = "auto",
+        compile: str | None = None,
     ) -> None:
         if device.type == "cpu" and cpu_threads:
             torch.set_num_threads(cpu_threads)
         self.card = card
         self.device = device
         self.batch_size = batch_size
-        self.model = model.to(device).eval()
-        if device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.autocast_dtype = resolve_precision(precision, device)
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
+        #: the largest batch that fits: batch_size until an out-of-memory error halves it
+        self.fits = batch_size
+        self._pinned: torch.Tensor | None = None
+        self.compile_mode: str | None = None
+        self._eager_features: nn.Module | None = None
+        if compile:
+            self._compile(compile)
 
-    def _batches(self, views: Sequence[np.ndarray]):  # type: ignore[no-untyped-def]
-        for start in range(0, len(views), self.batch_size):
-            chunk = np.stack(views[start:start + self.batch_size]).astype(np.float32, copy=False)
-            batch = torch.from_numpy(chunk).to(self.device)
-            if self.device.type == "cpu":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            yield batch
+    # -- set-up ------------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+    def describe(self) -> str:
+        mode = f"torch.compile {self.compile_mode}" if self.compile_mode else "eager"
+        threads = f", {torch.get_num_threads()} thread(s)" if self.device.type == "cpu" else ""
+        return f"{self.device}, {self.precision}, channels_last, {mode}, batch {self.batch_size}{threads}"
+
+    def _compile(self, mode: str) -> None:
+        features = getattr(self.model, "features", None)
+        if features is None:
+            log.warning("model.compile: the model has no features trunk; serving it eager")
+            return
+        self._eager_features = features
+        self.model.features = torch.compile(features, mode=mode, dynamic=False)
+        self.compile_mode = mode
+
+    def _uncompile(self, exc: BaseException) -> None:
+        log.warning("torch.compile (%s) is not available here (%s: %s); serving the model eager",
+                    self.compile_mode, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        self.model.features = self._eager_features
+        self.compile_mode = None
+        self._eager_features = None
+
+    def warm_up(self) -> float:
+        """Run the batch shapes the daemon will use once, so the first study is not slow (and a
+        compile that fails is found now, not on a patient's study). Returns seconds."""
+        size = self.card.input_size
+        start = time.perf_counter()
+        shapes = _buckets(self.batch_size) if self.compile_mode else [1, self.batch_size]
+        for n in dict.fromkeys(shapes):
+            views = [np.zeros((3, size, size), np.float32)] * n
+            try:
+                self.score_with_heatmaps(views)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # a compiler or backend that cannot build this model
+                if not self.compile_mode:
+                    raise
+                self._uncompile(exc)
+                return self.warm_up() + (time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def _padded(self, n: int) -> int:
+        if not self.compile_mode:
+            return n
+        return next(b for b in _buckets(self.batch_size) if b >= n)
+
+    def _to_device(self, views: Sequence[np.ndarray]) -> torch.Tensor:
+        n = len(views)
+        rows = self._padded(n)
+        chunk = np.stack(views).astype(np.float32, copy=False)
+        if self.device.type == "cuda":
+            shape = (self.batch_size,) + chunk.shape[1:]
+            if self._pinned is None or tuple(self._pinned.shape) != shape:
+                self._pinned = torch.empty(shape, dtype=torch.float32).pin_memory()
+            host = self._pinned[:rows]
+            host[:n].copy_(torch.from_numpy(chunk))
+            if rows > n:
+                host[n:].zero_()
+            # safe to reuse the pinned buffer: results are read back (a sync) before the next batch
+            batch = host.to(self.device, non_blocking=True)
+        else:
+            batch = torch.from_numpy(chunk)
+            if rows > n:
+                batch = torch.cat([batch, batch.new_zeros((rows - n,) + tuple(batch.shape[1:]))])
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    def _autocast(self):  # type: ignore[no-untyped-def]
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _in_batches(self, views: Sequence[np.ndarray], run: Callable[[torch.Tensor, int], list]
+                    ) -> list:
+        """``run(batch, n)`` over the views in batches of at most :attr:`fits`; on CUDA out of
+        memory the batch halves (down to one view, which then raises) and the work goes on."""
+        out: list = []
+        i = 0
+        while i < len(views):
+            n = min(self.fits, self.batch_size, len(views) - i)
+            try:
+                with self._autocast():
+                    out.extend(run(self._to_device(views[i:i + n]), n))
+            except torch.OutOfMemoryError:
+                if n == 1:
+                    raise
+                self.fits = max(1, n // 2)
+                if self.compile_mode:  # keep to the warmed-up shapes
+                    self.fits = max(b for b in _buckets(self.batch_size) if b <= self.fits)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning("out of memory on %s at a batch of %d view(s); batches of %d from now on",
+                            self.device, n, self.fits)
+                continue
+            i += n
+        return out
 
     @torch.inference_mode()
     def score(self, views: Sequence[np.ndarray]) -> list[float]:
         """Probability of abnormality for each view, in order."""
-        out: list[float] = []
-        for batch in self._batches(views):
-            logits = self.model(batch).float().reshape(-1)
-            out.extend(torch.sigmoid(logits).cpu().tolist())
-        return out
+        def run(batch: torch.Tensor, n: int) -> list[float]:
+            logits = self.model(batch).float().reshape(-1)[:n]
+            return torch.sigmoid(logits).cpu().tolist()
+        return self._in_batches(views, run)
 
     @torch.inference_mode()
     def score_with_heatmaps(self, views: Sequence[np.ndarray], method: str = "cam"
@@ -491,10 +642,9 @@ class Scorer:
         Grad-CAM (``gradcam``), float32 on the last feature grid (7 x 7 at 224 px)."""
         from inference.cam import forward_with_heatmap
 
-        out: list[tuple[float, np.ndarray]] = []
-        for batch in self._batches(views):
+        def run(batch: torch.Tensor, n: int) -> list[tuple[float, np.ndarray]]:
             logits, maps = forward_with_heatmap(self.model, batch, method)  # type: ignore[arg-type]
-            probs = torch.sigmoid(logits.float()).cpu().tolist()
-            arrays = maps.float().cpu().numpy()
-            out.extend((float(p), arrays[i].copy()) for i, p in enumerate(probs))
-        return out
+            probs = torch.sigmoid(logits[:n].float()).cpu().tolist()
+            arrays = maps[:n].float().cpu().numpy()
+            return [(float(p), arrays[i].copy()) for i, p in enumerate(probs)]
+        return self._in_batches(views, run)

@@ -354,3 +354,25 @@ def test_sigterm_lets_the_open_association_finish(make_daemon, tmp_path):
     signalled = next(i for i, line in enumerate(log_lines) if "received SIGTERM" in line)
     stored_after = [line for line in log_lines[signalled:] if " stored " in line]
     assert stored_after, "SIGTERM came after the transfer: the test proved nothing"
+
+
+def test_a_released_study_is_complete_when_its_grace_ends_not_at_the_next_sweep(make_daemon, pacs, tmp_path):
+    """The release schedules the completion check for the end of release_grace_s: with the
+    periodic sweep a minute apart, the study is still complete (and its SR sent) well before."""
+    files = write_study(tmp_path / "study", views=2, rows=256, columns=256)
+    daemon = make_daemon(destinations=pacs.as_destination(),
+                         completion={"release_grace_s": 0.2, "stable_s": 600,
+                                     "sweep_interval_s": 60}).start()
+    storescu(daemon.port, files)
+    wait_for(lambda: pacs.files(), 55, "the SR at the PACS before the first periodic sweep")
+    assert daemon.stop() == 0, daemon.output()
+    db = Database(daemon.db_url)
+    try:
+        with db.session() as s:
+            study = s.scalar(select(Study))
+            waited = (study.completed_at - study.last_received_at).total_seconds()
+            detail = s.scalar(select(Event.detail).where(Event.kind == EventKind.COMPLETED))
+    finally:
+        db.dispose()
+    assert 0.2 <= waited < 60, waited
+    assert detail.startswith("complete (association released)")

@@ -1,0 +1,159 @@
+"""A site with scored studies in a real database, and the dashboard app over it.
+
+:func:`seed` scores synthetic studies through the daemon's own :class:`daemon.worker.StudyScorer`
+(with a stand-in model that gives a chosen probability and a heatmap), so the results, heatmaps,
+SRs, summary images, deliveries and events are what the daemon writes. Arrivals are ordered so
+that the worklist's order (priority first) differs from arrival order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pydicom
+import pytest
+
+from tests.conftest import write_study
+
+PASSWORD = "correct horse battery staple"
+TOKEN = "test-token-0123456789abcdef0123456789"
+SECRET_KEY = "k" * 40
+
+
+@dataclass
+class Site:
+    config: object
+    db: object
+    root: Path
+    now: dt.datetime
+    #: label -> study id: high_early, high_late, elevated, routine (arrival: routine, high_early,
+    #: elevated, high_late)
+    studies: dict[str, int]
+    dead_delivery: int
+
+
+def cheap_hash(secret: str) -> str:
+    from web.auth import hash_secret
+
+    return hash_secret(secret, n=2 ** 10)  # the same scheme, cheap enough for tests
+
+
+def site_config(root: Path, url: str, **web):  # type: ignore[no-untyped-def]
+    from daemon.config import parse_config
+
+    return parse_config({
+        "storage": {"path": str(root / "storage"), "min_free_mb": 0},
+        "database": {"url": url},
+        "decoding": {"workers": 1},
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+        "web": {"enabled": True, "password_hash": cheap_hash(PASSWORD),
+                "token_hash": cheap_hash(TOKEN), "secret_key": SECRET_KEY, **web},
+    }, base=root, environ={})
+
+
+def seed(config, db, root: Path) -> Site:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from daemon.worker import StudyScorer
+    from db import Delivery, DeliveryState, Instance, Study, StudyState
+    from dicom_io.storage import instance_relpath
+    from tests.fakes import HeatmapScorer
+
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=30)
+    plan = [("routine", 0.2, "ELBOW"), ("high_early", 0.93, "WRIST"),
+            ("elevated", 0.6, "HAND"), ("high_late", 0.88, "SHOULDER")]
+    ids: dict[str, int] = {}
+    for n, (label, p, part) in enumerate(plan):
+        arrived = now + dt.timedelta(minutes=n)
+        files = write_study(root / "in" / label, views=2, rows=96, columns=80, body_part=part,
+                            seed=n, accession_number=f"ACC{n}")
+        with db.session() as s:
+            first = pydicom.dcmread(files[0])
+            study = Study(study_instance_uid=first.StudyInstanceUID, state=StudyState.COMPLETE,
+                          accession_number=first.AccessionNumber, calling_ae="PACS",
+                          first_received_at=arrived, last_received_at=arrived,
+                          completed_at=arrived + dt.timedelta(seconds=2), revision=1)
+            s.add(study)
+            s.flush()
+            for f in files:
+                ds = pydicom.dcmread(f)
+                rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+                (config.storage.path / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, config.storage.path / rel)
+                s.add(Instance(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID,
+                               sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                               transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=rel,
+                               modality=ds.Modality, size_bytes=f.stat().st_size, received_at=arrived))
+            ids[label] = study.id
+        scorer = StudyScorer(config, db, HeatmapScorer(p, hot=(2 + n % 3, 1 + n)),
+                             clock=lambda a=arrived: a + dt.timedelta(seconds=5))
+        try:
+            assert scorer.score_study(*scorer.claim_next()) is not None
+        finally:
+            scorer.close()
+    with db.session() as s:  # the routine study's SR gave up: a dead letter, the study failed
+        d = s.scalars(select(Delivery).join(Delivery.result)
+                      .where(Delivery.object_kind == "SR")
+                      .where(Delivery.result.has(study_id=ids["routine"]))).one()
+        d.state, d.attempts, d.last_error = DeliveryState.DEAD, 100, "association rejected"
+        st = s.get(Study, ids["routine"])
+        st.state, st.state_reason = StudyState.FAILED, "delivery to pacs gave up after 100 attempts"
+        dead = d.id
+    return Site(config, db, root, now, ids, dead)
+
+
+def make_client(site: Site, **ctx_kwargs):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from tests.fakes import HeatmapScorer
+    from web.app import WebContext, create_app
+
+    kwargs = {"scorer": HeatmapScorer(0.9), "clock": lambda: site.now + dt.timedelta(minutes=10)}
+    kwargs.update(ctx_kwargs)
+    app = create_app(WebContext(config=site.config, db=site.db, **kwargs))
+    return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
+
+
+def log_in(client) -> str:  # type: ignore[no-untyped-def]
+    """Log in through the form; return the session's CSRF token (read from a page)."""
+    import re
+
+    form = client.get("/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    r = client.post("/login", data={"password": PASSWORD, "csrf_token": token, "next": "/"})
+    assert r.status_code == 303, r.text
+    page = client.get("/queue")
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+@pytest.fixture(scope="module")
+def sqlite_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One seeded SQLite site per test module (read-mostly tests share it)."""
+    from db import Database
+
+    root = tmp_path_factory.mktemp("site")
+    config = site_config(root, f"sqlite:///{root / 'radtriage.db'}")
+    db = Database(config.database.url)
+    db.migrate()
+    try:
+        yield seed(config, db, root)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def fresh_site(db_url: str, tmp_path: Path) -> Iterator[Site]:
+    """A seeded site of its own, on SQLite and on PostgreSQL, for tests that change it."""
+    from db import Database
+
+    config = site_config(tmp_path, db_url)
+    db = Database(config.database.url)
+    db.migrate()
+    try:
+        yield seed(config, db, tmp_path)
+    finally:
+        db.dispose()

@@ -1,0 +1,101 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+
+Logs in, sees the HIGH study first on the worklist, opens it and sees its heatmap; screenshots
+go to ``test-artifacts/browser/``. Skips, saying why, where Chromium or Playwright is missing
+(``make test-tools`` installs Chromium; Playwright never downloads a browser here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+from tests.web.conftest import PASSWORD
+
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("RADTRIAGE_CHROMIUM"), "/usr/bin/chromium",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`: `make test-tools` "
+                    "installs it); the browser test needs a real browser")
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=executable, headless=True,
+                                   args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        except Error as exc:
+            pytest.skip(f"Chromium at {executable} does not start headless here: {exc}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(sqlite_site):  # type: ignore[no-untyped-def]
+    from tests.fakes import HeatmapScorer
+    from web.app import WebContext, create_app
+    from web.server import WebServer
+
+    server = WebServer(create_app(WebContext(config=sqlite_site.config, db=sqlite_site.db,
+                                             scorer=HeatmapScorer(0.9))), "127.0.0.1", free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_log_in_see_the_high_study_first_and_its_heatmap(browser, dashboard, sqlite_site):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(dashboard + "/", wait_until="load")
+        assert "/login" in page.url
+        page.fill("#password", "not the password")
+        page.click("#login")
+        assert page.text_content("#login-error").strip() == "Wrong password."
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_selector("#worklist")
+        page.screenshot(path=str(ARTIFACTS / "worklist.png"), full_page=True)
+        rows = page.locator("#worklist tr.study")
+        assert rows.count() == 4
+        first = rows.nth(0)
+        assert first.get_attribute("data-priority") == "HIGH"
+        assert first.locator(".flag").text_content().strip() == "HIGH"
+        assert first.get_attribute("data-study-id") == str(sqlite_site.studies["high_early"])
+        assert rows.nth(3).get_attribute("data-priority") == "ROUTINE"
+        first.locator("a.open").click()
+        page.wait_for_selector("img.heatmap")
+        assert page.text_content("#study-priority").strip() == "HIGH"
+        assert "93.0%" in page.text_content("#probability")
+        page.wait_for_function("() => [...document.querySelectorAll('img.heatmap')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        widths = page.eval_on_selector_all("img.heatmap", "els => els.map(e => e.naturalWidth)")
+        assert widths == [768, 768]
+        page.screenshot(path=str(ARTIFACTS / "study.png"), full_page=True)
+        page.click("#nav-queue")
+        page.wait_for_selector("#dead")
+        page.screenshot(path=str(ARTIFACTS / "queue.png"), full_page=True)
+        assert page.locator("#dead tr[data-delivery-id]").count() == 1
+    finally:
+        page.close()
