@@ -61,14 +61,13 @@ import os
 import queue
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +76,7 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from receive import (  # noqa: E402  (the helpers the receive benchmark already has)
-    CACHE_ROOT, clean_env, free_port, log, machine_info, prune, source_hash,
+    CACHE_ROOT, clean_env, free_port, log, machine_info, prune, source_hash, stop,
 )
 
 TARGET_P95_S = 3.0
@@ -506,18 +505,6 @@ class MemorySampler(threading.Thread):
         self.join(5)
 
 
-def stop_daemon(proc: subprocess.Popen, timeout: float = 120) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
-    return int(proc.returncode)
-
-
 # -- the daemon's log -------------------------------------------------------------------------
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+)\s+(\S+) \[study=([^\]]*)\] (.*)$")
@@ -759,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         if sampler is not None:
             sampler.stop()
         if proc is not None:
-            rc = stop_daemon(proc)
+            rc = stop(proc, timeout=120)
         pacs.stop()
         if rc not in (None, 0):
             log(f"radtriage exited with {rc} after SIGTERM\n{tail(daemon_log)}")

@@ -234,16 +234,24 @@ def _blocks(result: dict[str, Any]) -> list[tuple]:
                    + ("" if at is None else
                       f" The highest threshold reaching sensitivity {at['target']:g} overall is "
                       f"{at['threshold']:.4f} (sensitivity {_num(at['sensitivity'])}, specificity "
-                      f"{_num(at['specificity'])}).")))
+                      f"{_num(at['specificity'])}).")
+                   + ("" if overall.get("max_kappa") is None else
+                      f" The threshold with the highest kappa overall is "
+                      f"{overall['max_kappa']['threshold']:.4f} (kappa "
+                      f"{_num(overall['max_kappa']['kappa'])}, sensitivity "
+                      f"{_num(overall['max_kappa']['sensitivity'])}, specificity "
+                      f"{_num(overall['max_kappa']['specificity'])}).")))
     b.append(("h2", "Study-level metrics"))
     header = ["study type", "studies", "abnormal", "accuracy", "kappa", "AUROC", "sensitivity",
-              "specificity", "ECE", f"threshold at sens. {result['target_sensitivity']:g}"]
+              "specificity", "ECE", f"threshold at sens. {result['target_sensitivity']:g}",
+              "threshold at max. kappa"]
     rows = []
     for name, m in [*result["by_study_type"].items(), ("overall", overall)]:
         t = m.get("at_target_sensitivity")
         rows.append([f"**{name}**" if name == "overall" else name, m["n"], m["positives"],
                      _num(m["accuracy"]), _num(m["kappa"]), _num(m["auroc"]), _num(m["sensitivity"]),
-                     _num(m["specificity"]), _num(m["ece"]), _num(t["threshold"], 4) if t else "–"])
+                     _num(m["specificity"]), _num(m["ece"]), _num(t["threshold"], 4) if t else "–",
+                     _num(m["max_kappa"]["threshold"], 4) if m.get("max_kappa") else "–"])
     b.append(("table", header, rows))
     (tn, fp), (fn, tp) = overall["confusion_matrix"]
     b.append(("h2", f"Confusion matrix (overall, threshold {thr['value']:g})"))

@@ -164,6 +164,34 @@ def threshold_for_sensitivity(labels: Sequence[int], probabilities: Sequence[flo
     return float(positives[k - 1])
 
 
+def threshold_for_max_kappa(labels: Sequence[int], probabilities: Sequence[float]) -> tuple[float, float]:
+    """The threshold (``p >= threshold``) whose calls agree best with the truth: ``(threshold, kappa)``.
+
+    Calls only change at the studies' probabilities, so every distinct probability is tried and
+    the one with the highest Cohen's kappa (MURA's headline metric) wins; where several give the
+    same kappa, the lowest wins (more abnormal studies flagged: the safer side for triage).
+    The sweep counts ``tp`` and ``fp`` above each candidate at once and applies :func:`kappa`'s
+    formula to them.
+
+    Raises ValueError when the studies are all normal or all abnormal: no threshold separates them.
+    """
+    y, p = _arrays(labels, probabilities)
+    n, positives = int(y.size), int(y.sum())
+    if positives == 0 or positives == n:
+        raise ValueError("the studies are all of one class: kappa cannot be maximised")
+    candidates = np.unique(p)                          # ascending
+    pos, neg = np.sort(p[y == 1]), np.sort(p[y == 0])
+    tp = positives - np.searchsorted(pos, candidates, side="left")   # abnormal studies with p >= t
+    fp = (n - positives) - np.searchsorted(neg, candidates, side="left")
+    tn = (n - positives) - fp
+    called = tp + fp
+    p_o = (tp + tn) / n
+    p_e = (positives * called + (n - positives) * (n - called)) / (n * n)
+    kappas = (p_o - p_e) / (1.0 - p_e)                 # p_e < 1: both truth classes are present
+    best = int(np.flatnonzero(kappas >= kappas.max() - 1e-12)[0])  # the lowest of any tie
+    return float(candidates[best]), float(kappas[best])
+
+
 def pointing_game(peaks: Sequence[tuple[float, float] | None],
                   boxes: Sequence[Sequence[Sequence[float]]]) -> float | None:
     """The share of views with a true box whose heatmap peak falls inside one of its boxes.
@@ -201,7 +229,8 @@ def study_metrics(labels: Sequence[int], probabilities: Sequence[float], thresho
     (``[[tn, fp], [fn, tp]]``), ``ece``, ``reliability`` (the bins of :func:`reliability`) and,
     with ``target_sensitivity``, ``at_target_sensitivity``: the threshold of
     :func:`threshold_for_sensitivity` and the sensitivity and specificity reached there (None
-    without abnormal studies).
+    without abnormal studies), and ``max_kappa``: the threshold of :func:`threshold_for_max_kappa`
+    with the kappa, sensitivity and specificity it reaches (None where one class is missing).
     """
     if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
         raise ValueError(f"threshold {threshold} is not in [0, 1]")
@@ -231,6 +260,13 @@ def study_metrics(labels: Sequence[int], probabilities: Sequence[float], thresho
             at = {"target": float(target_sensitivity), "threshold": t,
                   "sensitivity": _ratio(tp2, tp2 + fn2), "specificity": _ratio(tn2, tn2 + fp2)}
         out["at_target_sensitivity"] = at
+    best = None
+    if tp + fn and tn + fp:
+        t, k = threshold_for_max_kappa(y, p)
+        (tn2, fp2), (fn2, tp2) = confusion(y, predictions(p, t))
+        best = {"threshold": t, "kappa": k, "sensitivity": _ratio(tp2, tp2 + fn2),
+                "specificity": _ratio(tn2, tn2 + fp2)}
+    out["max_kappa"] = best
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from training.metrics import (
@@ -16,6 +17,7 @@ from training.metrics import (
     pointing_game,
     reliability,
     study_metrics,
+    threshold_for_max_kappa,
     threshold_for_sensitivity,
 )
 
@@ -140,6 +142,40 @@ def test_threshold_for_sensitivity_refuses() -> None:
     with pytest.raises(ValueError, match="not in"):
         threshold_for_sensitivity(LABELS, PROBS, 0.0)
     assert study_metrics([0, 0], [0.1, 0.2], 0.5, target_sensitivity=0.9)["at_target_sensitivity"] is None
+
+
+def test_threshold_for_max_kappa_by_hand() -> None:
+    # n 10, 4 abnormal; p_e = 0.4 * called/10 + 0.6 * (1 - called/10); kappa at each probability:
+    #   t 0.9: tp 1 fp 0, p_o 0.7, p_e 0.58 -> 0.12/0.42 = 2/7
+    #   t 0.8: tp 2 fp 0, p_o 0.8, p_e 0.56 -> 0.24/0.44 = 6/11
+    #   t 0.7: tp 2 fp 1, p_o 0.7, p_e 0.54 -> 0.16/0.46 = 8/23
+    #   t 0.6: tp 3 fp 1, p_o 0.8, p_e 0.52 -> 0.28/0.48 = 7/12   <- the highest
+    #   t 0.4: tp 3 fp 2, p_o 0.7, p_e 0.50 -> 0.4
+    #   t 0.3: tp 4 fp 3, p_o 0.7, p_e 0.46 -> 0.24/0.54 = 4/9;  lower thresholds less
+    t, k = threshold_for_max_kappa(LABELS, PROBS)
+    assert t == 0.6 and k == pytest.approx(7 / 12)
+    assert k == pytest.approx(kappa(LABELS, [int(p >= t) for p in PROBS]))
+    best = study_metrics(LABELS, PROBS, 0.5)["max_kappa"]
+    assert best == {"threshold": 0.6, "kappa": pytest.approx(7 / 12), "sensitivity": 0.75,
+                    "specificity": pytest.approx(5 / 6)}
+
+
+def test_threshold_for_max_kappa_takes_the_lowest_of_a_tie_and_agrees_with_a_sweep() -> None:
+    # 0.8 (tp 1 fp 0) and 0.3 (tp 2 fp 1) both give kappa 0.5 on these four studies
+    assert threshold_for_max_kappa([1, 0, 1, 0], [0.8, 0.5, 0.3, 0.1]) == (0.3, pytest.approx(0.5))
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 200)
+    probs = np.round(np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1), 2)   # with ties
+    t, k = threshold_for_max_kappa(labels, probs)
+    sweep = {float(c): kappa(labels, (probs >= c).astype(int)) for c in np.unique(probs)}
+    assert k == pytest.approx(max(v for v in sweep.values() if v is not None))
+    assert sweep[t] == pytest.approx(k)
+
+
+def test_threshold_for_max_kappa_refuses_one_class() -> None:
+    with pytest.raises(ValueError, match="all of one class"):
+        threshold_for_max_kappa([1, 1], [0.1, 0.2])
+    assert study_metrics([0, 0], [0.1, 0.2], 0.5)["max_kappa"] is None
 
 
 def test_bad_input_is_refused() -> None:

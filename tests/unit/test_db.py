@@ -12,6 +12,7 @@ from sqlalchemy.exc import StatementError
 
 from db import Association, Base, Database
 from db.models import UTCDateTime
+from tests.migrations import check_migration_keeps_rows
 
 TABLES = {"association", "study", "instance", "study_result", "image_score", "delivery", "event",
           "output_object"}
@@ -118,36 +119,14 @@ def test_naive_datetime_is_refused_by_the_database_layer(database: Database) -> 
 def test_migration_0005_keeps_every_study_and_instance(db_url: str) -> None:
     """Adding study.urgent must not re-create ``study``: on SQLite that would cascade-delete
     every instance (ON DELETE CASCADE with foreign keys on)."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
     from db.models import Instance, Study
 
-    db = Database(db_url)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(Path(__file__).resolve().parents[2] / "db" / "migrations"))
-    t = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
-    try:
-        with db.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0004")
-        with db.engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO study (id, study_instance_uid, state, first_received_at, "
-                "last_received_at, revision) VALUES (1, '1.2.3', 'complete', :t, :t, 1)"), {"t": t})
-            conn.execute(text(
-                "INSERT INTO instance (id, study_id, series_instance_uid, sop_instance_uid, "
-                "sop_class_uid, transfer_syntax_uid, path, size_bytes, received_at) VALUES "
-                "(1, 1, '1.2.3.1', '1.2.3.1.1', '1.2', '1.2', 'a/b/c.dcm', 5, :t)"), {"t": t})
-        db.migrate()
+    def check(db: Database) -> None:
         with db.session() as s:
             study = s.scalar(select(Study))
             assert study.urgent is False and study.urgent_reason is None
             assert s.scalar(select(Instance)).study_id == study.id
-        with db.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0004")
-        with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM instance")).scalar_one() == 1
-    finally:
-        db.dispose()
+
+    check_migration_keeps_rows(db_url, "0004", state="complete", path="a/b/c.dcm",
+                               received_at=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+                               check=check)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from daemon.config import parse_config
 from daemon.retention import (
@@ -35,10 +33,10 @@ from db import (
     StudyResult,
     StudyState,
 )
-from db.session import MIGRATIONS
 from dicom_io.storage import instance_relpath, output_relpath
 from tests.conftest import free_port, write_study
 from tests.fakes import FixedScorer
+from tests.migrations import check_migration_keeps_rows
 
 NOW = dt.datetime(2026, 12, 9, 12, 0, tzinfo=dt.timezone.utc)
 OLD = NOW - dt.timedelta(days=40)
@@ -427,33 +425,13 @@ def test_a_file_purge_cannot_delete_is_reported(tmp_path, database, monkeypatch)
 
 
 def test_migration_0004_keeps_existing_instances_stored(db_url):
-    db = Database(db_url)
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    try:
-        with db.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0003")
-        with db.engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO study (id, study_instance_uid, state, first_received_at, "
-                "last_received_at, revision) VALUES (1, '1.2.3', 'delivered', :t, :t, 1)"), {"t": OLD})
-            conn.execute(text(
-                "INSERT INTO instance (id, study_id, series_instance_uid, sop_instance_uid, "
-                "sop_class_uid, transfer_syntax_uid, path, size_bytes, received_at) VALUES "
-                "(1, 1, '1.2.3.1', '1.2.3.1.1', '1.2', '1.2', '1.2.3/1.2.3.1/1.2.3.1.1.dcm', 5, :t)"),
-                {"t": OLD})
-        db.migrate()
+    def check(db: Database) -> None:
         with db.session() as s:
             inst = s.scalar(select(Instance))
             assert inst.deleted_at is None and inst.stored
-        with db.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0003")
-        with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM instance")).scalar_one() == 1
-    finally:
-        db.dispose()
+
+    check_migration_keeps_rows(db_url, "0003", state="delivered",
+                               path="1.2.3/1.2.3.1/1.2.3.1.1.dcm", received_at=OLD, check=check)
 
 
 def _service(tmp_path: Path, days: float):  # type: ignore[no-untyped-def]
