@@ -130,7 +130,7 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
             "views_analysed": analysed,
             "views_not_analysed": len(outcomes) - analysed,
             "probability": probability,
-            "abnormal": None if probability is None else probability >= config.model.threshold,
+            "abnormal": None if probability is None else probability >= config.model.operating_threshold(scorer.card),
             "priority": priority_for(probability, rules, config.priority.default),
             "model": f"{scorer.card.display_name} {scorer.card.version}",
             "notice": scorer.card.notice,

@@ -197,8 +197,9 @@ class ModelConfig(_Section):
         "that cannot be compiled is served eager, with a warning.")
     warm_up: bool = Field(
         True, description="Score blank views at start-up so the first study is not slow.")
-    threshold: float = Field(
-        0.5, gt=0, lt=1, description="Study probability at or above which the study is abnormal."
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="Study probability at or above which the study is abnormal; "
+        "null: the model card's threshold (the operating point its maker validated)."
     )
     cpu_threads: int = Field(0, ge=0, le=256, description="torch threads on the CPU; 0: torch's default.")
     heatmap: Literal["cam", "gradcam"] = Field(
@@ -210,6 +211,11 @@ class ModelConfig(_Section):
         description="Serve a checkpoint whose card says it was never trained (plumbing tests only; "
         "every output then names the model as untrained).",
     )
+
+    def operating_threshold(self, card: Any) -> float:
+        """The threshold in force: ``threshold`` where set, else ``card.threshold`` (the loaded
+        model card's)."""
+        return float(card.threshold) if self.threshold is None else self.threshold
 
 
 class PreprocessingConfig(_Section):

@@ -57,6 +57,8 @@ def load_scorer(config: Config) -> ViewScorer:
     log.info("model %s %s (%s) on %s", card.name, card.version, card.arch, device)
     if card.notice:
         log.warning("model %s %s: %s", card.name, card.version, card.notice)
+    log.info("threshold %.4g (%s)", m.operating_threshold(card),
+             "the model card's" if m.threshold is None else "model.threshold in config.yaml")
     from inference.model import resolve_compile
 
     try:

@@ -320,7 +320,7 @@ class StudyScorer:
                                timeout_s=self.config.limits.study_timeout_s, rank=rank, times=times)
         t_products = time.perf_counter()
         probability = study_probability(o.probability for o in outcomes)
-        threshold = self.config.model.threshold
+        threshold = self.config.model.operating_threshold(card)
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
         priority = priority_for(probability, rules, self.config.priority.default)
         reason = None

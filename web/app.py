@@ -398,7 +398,7 @@ def create_app(ctx: WebContext) -> FastAPI:
             "display_name": card.display_name if card is not None else None,
             "notice": card.notice if card is not None else None,
             "checkpoint": str(cfg.model.checkpoint),
-            "threshold": cfg.model.threshold,
+            "threshold": cfg.model.threshold if card is None else cfg.model.operating_threshold(card),
             "priority_rules": [r.model_dump() for r in cfg.priority.rules],
             "priority_default": cfg.priority.default,
             "days": queries.score_distribution(ctx.db, ctx.clock(), days=days),

@@ -148,7 +148,7 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
                 key, uid = "", f"upload-{i}"
             groups.setdefault(key, []).append((i, uid, path, f.name))
         rules = [(r.min_probability, r.priority) for r in config.priority.rules]
-        threshold = config.model.threshold
+        threshold = config.model.operating_threshold(card)
         studies = []
         for key, views in groups.items():
             outcomes = score_views(scorer, pool, [(i, uid, p) for i, uid, p, _ in views],

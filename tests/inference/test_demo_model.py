@@ -42,8 +42,8 @@ def test_the_card_matches_the_file(checkpoint) -> None:  # type: ignore[no-untyp
 def test_the_card_records_the_held_out_evaluation(checkpoint) -> None:  # type: ignore[no-untyped-def]
     card = checkpoint.card
     held_out = card.metrics["held_out"]
-    # the shipped file's figures (models/README.md): AUROC at the target, kappa 0.795 of 0.80
-    assert held_out["auroc"] >= 0.95 and held_out["kappa"] >= 0.78, held_out
+    # the targets, which the shipped file reaches (models/README.md: 0.957 and 0.810)
+    assert held_out["auroc"] >= 0.95 and held_out["kappa"] >= 0.80, held_out
     assert held_out["threshold"] == card.threshold
     assert held_out["studies"] >= 300
     assert "radtriage phantoms --seed 2" in held_out["set"] and "phantoms" in card.training_data
@@ -60,6 +60,9 @@ def test_the_embedded_defaults_serve_it() -> None:
     assert Path(config.model.checkpoint).resolve() == DEMO.resolve()
     scorer = load_scorer(config)
     model_preprocessing(config, scorer.card)  # raises when config.yaml and the card disagree
+    # model.threshold: null, so the daemon decides at the card's operating point (models/README.md)
+    assert config.model.threshold is None
+    assert config.model.operating_threshold(scorer.card) == scorer.card.threshold == 0.45
 
 
 def test_its_scores_mean_something_on_unseen_phantoms(tmp_path: Path) -> None:
@@ -77,6 +80,7 @@ def test_its_scores_mean_something_on_unseen_phantoms(tmp_path: Path) -> None:
     scored = {r["study_instance_uid"]: r for r in rows}
     assert set(scored) == set(truth)
     assert all(r["notice"] == DEMO_NOTICE and r["views_not_analysed"] == 0 for r in rows)
+    assert all(r["abnormal"] == (r["probability"] >= 0.45) for r in rows)  # the card's threshold
     labels = [truth[u] for u in truth]
     probabilities = [scored[u]["probability"] for u in truth]
     assert auroc(labels, probabilities) >= 0.85, json.dumps(

@@ -62,7 +62,8 @@ def test_the_demo_model_triages_phantoms_and_says_what_it_is(make_daemon, pacs, 
         assert DEMO_NOTICE in " ".join(str(ds.get(k, "")) for k in ("ImageComments", "DerivationDescription"))
     assert daemon.stop() == 0, daemon.output()
     log = daemon.log_path.read_text(errors="replace")
-    assert f"model radtriage-demo 1.0: {DEMO_NOTICE}" in log
+    assert f"model radtriage-demo 1.1: {DEMO_NOTICE}" in log
+    assert "threshold 0.45 (the model card's)" in log  # model.threshold: null, the embedded default
 
     verdicts = {}
     for ds in srs:

@@ -416,3 +416,13 @@ def test_check_config_not_utf8_exits_2(tmp_path: Path, clean_env: None) -> None:
     code, _, err = run_cli("check-config", str(path))
     assert code == 2
     assert "radtriage: invalid configuration" in err
+
+
+def test_the_threshold_is_the_cards_unless_config_sets_one() -> None:
+    from types import SimpleNamespace
+
+    card = SimpleNamespace(threshold=0.37)
+    assert Config.model_validate({}).model.threshold is None
+    assert Config.model_validate({}).model.operating_threshold(card) == 0.37
+    assert Config.model_validate({"model": {"threshold": 0.6}}).model.operating_threshold(card) == 0.6
+    assert Config.model_validate({"model": {"threshold": None}}).model.operating_threshold(card) == 0.37
