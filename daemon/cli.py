@@ -101,7 +101,7 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
     from daemon.service import load_scorer, model_preprocessing
     from daemon.worker import build_pool, score_views
     from dicom_io.bodypart import study_type_of_study
-    from inference.policy import priority_for, study_probability
+    from inference.policy import is_abnormal, priority_for, study_probability
 
     scorer = load_scorer(config)
     pool = build_pool(config, model_preprocessing(config, scorer.card))
@@ -118,6 +118,7 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
             continue
         studies.setdefault(study_uid, []).append((i, sop_uid, f))
     rules = [(r.min_probability, r.priority) for r in config.priority.rules]
+    threshold = config.model.operating_threshold(scorer.card)
     rows = []
     with pool:
         scored = [(uid, views, score_views(scorer, pool, views)) for uid, views in studies.items()]
@@ -130,7 +131,7 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
             "views_analysed": analysed,
             "views_not_analysed": len(outcomes) - analysed,
             "probability": probability,
-            "abnormal": None if probability is None else probability >= config.model.operating_threshold(scorer.card),
+            "abnormal": None if probability is None else is_abnormal(probability, threshold),
             "priority": priority_for(probability, rules, config.priority.default),
             "model": f"{scorer.card.display_name} {scorer.card.version}",
             "notice": scorer.card.notice,

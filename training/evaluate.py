@@ -227,7 +227,7 @@ def _blocks(result: dict[str, Any]) -> list[tuple]:
                    + f". {data['studies']} studies evaluated ({data['studies_not_analysed']} not analysed), "
                    f"{data['views']} views ({data['views_not_analysed']} not scored). "
                    f"Created {result['created']}."))
-    at = overall.get("at_target_sensitivity")
+    at, mk = overall.get("at_target_sensitivity"), overall.get("max_kappa")
     b.append(("p", f"A study's probability is the mean of its views' probabilities (MURA); it is "
                    f"called abnormal when it reaches the threshold {thr['value']:g} "
                    f"({_THRESHOLD_SOURCES.get(thr['source'], thr['source'])})."
@@ -235,12 +235,10 @@ def _blocks(result: dict[str, Any]) -> list[tuple]:
                       f" The highest threshold reaching sensitivity {at['target']:g} overall is "
                       f"{at['threshold']:.4f} (sensitivity {_num(at['sensitivity'])}, specificity "
                       f"{_num(at['specificity'])}).")
-                   + ("" if overall.get("max_kappa") is None else
-                      f" The threshold with the highest kappa overall is "
-                      f"{overall['max_kappa']['threshold']:.4f} (kappa "
-                      f"{_num(overall['max_kappa']['kappa'])}, sensitivity "
-                      f"{_num(overall['max_kappa']['sensitivity'])}, specificity "
-                      f"{_num(overall['max_kappa']['specificity'])}).")))
+                   + ("" if mk is None else
+                      f" The threshold with the highest kappa overall is {mk['threshold']:.4f} "
+                      f"(kappa {_num(mk['kappa'])}, sensitivity {_num(mk['sensitivity'])}, "
+                      f"specificity {_num(mk['specificity'])}).")))
     b.append(("h2", "Study-level metrics"))
     header = ["study type", "studies", "abnormal", "accuracy", "kappa", "AUROC", "sensitivity",
               "specificity", "ECE", f"threshold at sens. {result['target_sensitivity']:g}",

@@ -252,20 +252,20 @@ def study_metrics(labels: Sequence[int], probabilities: Sequence[float], thresho
         "ece": ece,
         "reliability": bins,
     }
+    def rates_at(t: float) -> dict[str, Any]:
+        (tn2, fp2), (fn2, tp2) = confusion(y, predictions(p, t))
+        return {"sensitivity": _ratio(tp2, tp2 + fn2), "specificity": _ratio(tn2, tn2 + fp2)}
+
     if target_sensitivity is not None:
         at = None
         if tp + fn:
             t = threshold_for_sensitivity(y, p, target_sensitivity)
-            (tn2, fp2), (fn2, tp2) = confusion(y, predictions(p, t))
-            at = {"target": float(target_sensitivity), "threshold": t,
-                  "sensitivity": _ratio(tp2, tp2 + fn2), "specificity": _ratio(tn2, tn2 + fp2)}
+            at = {"target": float(target_sensitivity), "threshold": t, **rates_at(t)}
         out["at_target_sensitivity"] = at
     best = None
     if tp + fn and tn + fp:
         t, k = threshold_for_max_kappa(y, p)
-        (tn2, fp2), (fn2, tp2) = confusion(y, predictions(p, t))
-        best = {"threshold": t, "kappa": k, "sensitivity": _ratio(tp2, tp2 + fn2),
-                "specificity": _ratio(tn2, tn2 + fp2)}
+        best = {"threshold": t, "kappa": k, **rates_at(t)}
     out["max_kappa"] = best
     return out
 
