@@ -95,8 +95,10 @@ def _iter_files(paths: Sequence[str]) -> list[Path]:
 
 def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
     """Score files and folders offline; one dict per study (the ``--json`` shape)."""
-    from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
+
+    from dicom_io.deflate import read_file
+    from dicom_io.errors import DicomIOError
 
     from daemon.service import load_scorer, model_preprocessing
     from daemon.worker import build_pool, score_views
@@ -107,12 +109,13 @@ def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
     pool = build_pool(config, model_preprocessing(config, scorer.card))
     studies: "OrderedDict[str | None, list[tuple[int, str, Path]]]" = OrderedDict()
     unreadable: list[dict] = []
+    max_instance = int(config.limits.max_instance_mb * 1024 * 1024)
     for i, f in enumerate(_iter_files(paths)):
         try:
-            ds = dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+            ds = read_file(f, stop_before_pixels=True, limit=max_instance)  # deflated: a stream
             study_uid = str(ds.StudyInstanceUID)
             sop_uid = str(ds.SOPInstanceUID)
-        except (OSError, InvalidDicomError, AttributeError, ValueError) as exc:
+        except (OSError, InvalidDicomError, AttributeError, ValueError, DicomIOError) as exc:
             unreadable.append({"sop_instance_uid": None, "path": str(f), "probability": None,
                                "error": f"not a readable DICOM file: {exc}"})
             continue

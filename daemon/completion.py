@@ -59,6 +59,7 @@ def sweep(db: Database, now: dt.datetime, *, release_grace_s: float, stable_s: f
                            release_grace_s=release_grace_s, stable_s=stable_s):
                 study.state = StudyState.COMPLETE
                 study.completed_at = now
+                study.retry_at, study.retries = None, 0  # a new revision: scored at once
                 rule = "association released" if released_at is not None and \
                     (now - study.last_received_at).total_seconds() < stable_s else "stable"
                 s.add(Event(at=now, study_id=study.id, kind=EventKind.COMPLETED,

@@ -110,11 +110,30 @@ class NodeConfig(_Section):
         description="Calling AE title -> the addresses, networks or host names it must call from.",
     )
     tls: NodeTLSConfig | None = Field(None, description="DICOM over TLS; null: plain TCP.")
-    max_associations: int = Field(16, ge=1, le=1000, description="Concurrent associations.")
+    max_associations: int = Field(
+        16, ge=1, le=1000,
+        description="Concurrent negotiated associations; connections still negotiating do not count.")
     max_pdu_size: int = Field(
-        1_048_576, ge=0, description="Largest PDU we accept, bytes; 0 means unlimited."
+        1_048_576, ge=0, description="Largest PDU we accept, bytes; 0 means unlimited (a single "
+        "PDU is then still refused past limits.max_instance_mb + 1 MiB)."
     )
-    acse_timeout_s: float = Field(30, gt=0, description="Association negotiation timeout.")
+    max_request_pdu_size: int = Field(
+        262_144, ge=4096, le=16_777_216,
+        description="Largest A-ASSOCIATE-RQ accepted, bytes; a larger one is refused at its header "
+        "(128 presentation contexts with 10 transfer syntaxes each take about 40 KB).")
+    acse_timeout_s: float = Field(
+        30, gt=0, description="A connection must deliver its whole A-ASSOCIATE-RQ (after the TLS "
+        "handshake) within this many seconds of its connect, in total; also the negotiation timeout.")
+    pdu_timeout_s: float = Field(
+        30, gt=0, le=3600,
+        description="Once a PDU has begun to arrive, all of it must arrive within this, seconds.")
+    max_pending_per_address: int = Field(
+        16, ge=1, le=10_000,
+        description="Connections from one address that have not yet sent their A-ASSOCIATE-RQ "
+        "(16: a sender may open all of max_associations at once).")
+    max_pending_connections: int = Field(
+        64, ge=1, le=100_000,
+        description="Connections from all addresses that have not yet sent their A-ASSOCIATE-RQ.")
     dimse_timeout_s: float = Field(60, gt=0, description="Timeout waiting for a DIMSE message.")
     network_timeout_s: float = Field(120, gt=0, description="Idle association timeout.")
     shutdown_grace_s: float = Field(
@@ -252,9 +271,11 @@ class DecodingConfig(_Section):
 
 class LimitsConfig(_Section):
     max_pixels: int = Field(
-        50_000_000, ge=1, description="Rows x Columns x frames above this is not decoded (not analysed).")
+        50_000_000, ge=1, description="Rows x Columns x frames above this is not decoded (not analysed); "
+                                      "a deflated image above it is refused at receive time (0xA700).")
     max_instance_mb: float = Field(
-        1024, gt=0, description="A received instance larger than this is refused (0xA700).")
+        1024, gt=0, description="A received instance larger than this, or a deflated one inflating to "
+                                "more, is refused (0xA700).")
     study_timeout_s: float = Field(
         600, gt=0, description="A study not scored within this is failed and reported not analysed.")
 
@@ -287,6 +308,15 @@ class ScoringConfig(_Section):
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_BODY_PARTS.items()},
         description="MURA study type -> words and phrases of Body Part Examined, Protocol Name, "
         "Series and Study Description that name it (case and accents ignored).")
+    retry_initial_s: float = Field(
+        30, gt=0, le=86400, description="A study whose outputs could not be written for a cause "
+        "that passes (storage full, another I/O error) waits this long, then is scored again; "
+        "the wait doubles with each failure in a row. Also how often studies failed by a "
+        "delivery that gave up are looked at, to send them again once the destination accepts "
+        "objects (daemon.retry).")
+    retry_max_s: float = Field(
+        600, gt=0, le=86400, description="The longest such wait: a study is tried again at least "
+        "this often until it is scored.")
 
     @model_validator(mode="after")
     def _table(self) -> "ScoringConfig":
@@ -517,6 +547,17 @@ def _check_secret_hash(value: str | None) -> str | None:
     return value.strip()
 
 
+def _check_proxy(value: str) -> str:
+    """A trusted proxy: an IP address or a network in CIDR form (no host names: the peer of a
+    connection is an address, and a name would have to be resolved to compare it)."""
+    text = value.strip()
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or a network (10.0.0.0/24)") from None
+    return text
+
+
 class WebConfig(_Section):
     """The operators' dashboard, JSON API, /metrics, /healthz and /readyz (one HTTP server)."""
 
@@ -539,7 +580,11 @@ class WebConfig(_Section):
     secure_cookies: bool = Field(False, description="Mark cookies Secure (HTTPS only): set it "
                                  "when a TLS reverse proxy serves the dashboard.")
     upload_max_mb: float = Field(64, gt=0, le=4096, description="Largest upload on the upload "
-                                 "page, all files together.")
+                                 "page, all files together; counted as the body arrives (413).")
+    trusted_proxies: list[Annotated[str, AfterValidator(_check_proxy)]] = Field(
+        default_factory=list, description="Addresses or networks (CIDR) of the reverse proxies "
+        "whose X-Forwarded-For and X-Forwarded-Proto are believed; empty: none, the peer of "
+        "the connection is the client (example: [127.0.0.1] for nginx on the same machine).")
 
     @model_validator(mode="after")
     def _some_login(self) -> "WebConfig":

@@ -36,6 +36,12 @@ DELIVERIES = Counter(
 ERRORS = Counter(
     "radtriage_errors", "Errors by kind (e.g. malformed_instance, storage, database, "
     "scoring, prepare, delivery).", ["kind"])
+CONNECTIONS_REFUSED = Counter(
+    "radtriage_connections_refused", "DICOM connections closed at the network edge "
+    "(daemon.transport), by where: pending (over node.max_pending_*), request (no acceptable "
+    "A-ASSOCIATE-RQ in time: too large, too slow, undecodable, TLS), busy "
+    "(node.max_associations), pdu (a PDU refused after negotiation: too large, too slow, "
+    "undecodable).", ["stage"])
 WEB_LOGINS = Counter(
     "radtriage_web_logins", "Dashboard login attempts, by outcome (succeeded, failed, throttled).",
     ["outcome"])

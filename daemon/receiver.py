@@ -6,6 +6,23 @@ instance row, commits, and only then answers Success. Nothing is decoded or scor
 
 Every exception is mapped to a named status (:data:`STATUS_FOR`); the association goes on. A
 file that cannot be understood is kept in ``storage/quarantine/`` with the reason beside it.
+
+Hostile input (issue 17):
+
+* what a connection may send, before and after its association is negotiated, is bounded by
+  :mod:`daemon.transport` (the gate in front of pynetdicom's server): PDU lengths are capped at
+  the header, each PDU and the request have a deadline, and connections still negotiating
+  have their own caps and never take a ``node.max_associations`` slot;
+* a deflated data set is inflated as a stream (:mod:`dicom_io.deflate`), never whole, at most
+  ``limits.max_instance_mb``; a deflated image of more than ``limits.max_pixels`` is refused
+  from its header (0xA700, not kept: it is not broken, only too large);
+* a SOP Instance UID belongs to one study and series for good: an instance that names it under
+  another is refused (0xC409, :class:`InstanceConflict`), kept in quarantine, and a
+  ``conflict`` event is added to the stored study. The same UIDs with other bytes replace
+  the stored copy (a corrected re-send), with a ``replaced`` event naming both SHA-256;
+* identifiers from the network (calling AE title, UIDs, reasons that quote them) are logged
+  with ``%r`` or escaped (:func:`daemon.logs.escape_controls`), in the log and in the
+  quarantine note alike: a newline or a NUL in a UID cannot forge a line.
 """
 
 from __future__ import annotations
@@ -18,9 +35,8 @@ import uuid
 from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
@@ -38,11 +54,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from daemon.access import calling_host_refusal, server_ssl_context
-from daemon import metrics
+from daemon import metrics, transport
 from daemon.config import Config, UrgencyConfig
-from daemon.logs import study_logger
+from daemon.logs import escape_controls, study_logger
 from db import Association, Database, Event, EventKind, Instance, Study, StudyState, utcnow
+from dicom_io.deflate import read_file
 from dicom_io.errors import (
+    DicomIOError,
     InstanceTooLarge,
     InvalidInstance,
     StorageError,
@@ -59,6 +77,7 @@ from dicom_io.storage import (
     durable_write,
     free_bytes,
     instance_relpath,
+    sha256_file,
     write_temp,
 )
 
@@ -76,15 +95,24 @@ for _name, _code in (
     ("OUT_OF_RESOURCES", 0xA700),
     ("DATA_SET_DOES_NOT_MATCH_SOP_CLASS", 0xA900),
     ("CANNOT_UNDERSTAND", 0xC000),
+    # a Cannot Understand sub-code (permanent: the same instance conflicts again), as
+    # dcm4chee-arc answers an instance whose Study Instance UID contradicts the archive's
+    ("SOP_INSTANCE_CONFLICT", 0xC409),
     ("PROCESSING_FAILURE", 0x0110),
 ):
     Status.add(_name, _code)
+
+
+class InstanceConflict(DicomIOError):
+    """The SOP Instance UID is stored under another study or series: it never moves."""
+
 
 #: Which status answers which failure. Order matters: the first matching class wins.
 STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (StorageFull, Status.OUT_OF_RESOURCES),
     (InstanceTooLarge, Status.OUT_OF_RESOURCES),
     (UnsupportedInstance, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS),
+    (InstanceConflict, Status.SOP_INSTANCE_CONFLICT),
     (InvalidInstance, Status.CANNOT_UNDERSTAND),
     (StorageError, Status.PROCESSING_FAILURE),
     (SQLAlchemyError, Status.PROCESSING_FAILURE),
@@ -93,6 +121,9 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
 
 QUARANTINE_DIR = "quarantine"
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+#: refusals that are the sender's doing: logged without a traceback
+_EXPECTED = (InvalidInstance, UnsupportedInstance, StorageFull, InstanceTooLarge, InstanceConflict,
+             OperationalError)
 
 
 def status_for(exc: BaseException) -> int:
@@ -141,10 +172,14 @@ def urgency_reason(rules: UrgencyConfig, *, c_store_priority: int | None,
     return None
 
 
-def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHeader:
-    """Parse what the database needs from a received file and check it matches the request."""
+def read_header(path: Path, *, sop_uid: str, sop_class_uid: str,
+                limit: int | None = None) -> ReceivedHeader:
+    """Parse what the database needs from a received file and check it matches the request.
+
+    Reads up to the Pixel Data; a deflated data set is inflated as a stream, at most ``limit``
+    bytes (:func:`dicom_io.deflate.read_file`), never whole."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        ds = read_file(path, stop_before_pixels=True, limit=limit)
         study_uid = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
         series_uid = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
         ds_sop = str(ds.get("SOPInstanceUID", "")).strip()
@@ -152,9 +187,12 @@ def read_header(path: Path, *, sop_uid: str, sop_class_uid: str) -> ReceivedHead
         modality = str(ds.get("Modality", "") or "").strip() or None
         accession = str(ds.get("AccessionNumber", "") or "").strip()[:16] or None
         procedure_priority = _procedure_priority(ds)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, AttributeError,
-            NotImplementedError, OverflowError) as exc:
+    except (InvalidDicomError, EOFError) as exc:  # structural: pydicom's text quotes no value
         raise InvalidInstance(f"the data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError, NotImplementedError, OverflowError) as exc:
+        # a value that does not convert: the exception's type, never its text (it may quote a value)
+        raise InvalidInstance(f"the data set cannot be parsed: {type(exc).__name__} reading "
+                              "its header") from exc
     if ds_sop != sop_uid:
         raise InvalidInstance(f"SOP Instance UID in the data set ({ds_sop[:64]!r}) differs from the request")
     if ds_class != sop_class_uid:
@@ -186,7 +224,9 @@ class Receiver:
         self._server = None
         node = config.node
         self.ae = AE(ae_title=node.ae_title)
-        self.ae.maximum_associations = node.max_associations
+        # node.max_associations is counted by daemon.transport, on negotiated associations only;
+        # pynetdicom's own count (every acceptor thread, closing ones too) must not refuse first
+        self.ae.maximum_associations = transport.UNCOUNTED
         self.ae.maximum_pdu_size = node.max_pdu_size
         self.ae.acse_timeout = node.acse_timeout_s
         self.ae.dimse_timeout = node.dimse_timeout_s
@@ -225,8 +265,11 @@ class Receiver:
             (evt.EVT_ABORTED, self._on_end, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_end, ["closed"]),
         ]
-        self._server = self.ae.start_server(
-            (node.host, node.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+        # pynetdicom's server behind a gate that bounds what a connection may send before and
+        # after its association is negotiated (daemon/transport.py says what and why)
+        self._server = transport.start_server(
+            self.ae, (node.host, node.port), transport.NetworkLimits.from_config(self.config),
+            evt_handlers=handlers, ssl_context=ssl_context,
         )
         log.info("listening as %s on %s:%s%s", node.ae_title, node.host, self.port,
                  " (DICOM over TLS)" if ssl_context is not None else "")
@@ -285,9 +328,7 @@ class Receiver:
         allowed = self.config.node.allowed_calling_aes
         if allowed and calling not in allowed:
             why = "calling AE title not in node.allowed_calling_aes"
-        elif len(self.ae.active_associations) > self.ae.maximum_associations:
-            why = f"node.max_associations ({self.ae.maximum_associations}) reached"
-        else:
+        else:  # node.max_associations is refused (and logged) by daemon.transport, before here
             why = "association negotiation failed"
         log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port, why)
 
@@ -357,9 +398,11 @@ class Receiver:
 
     def _on_store(self, event: evt.Event) -> int:
         req = event.request
-        sop_uid = str(req.AffectedSOPInstanceUID or "")
+        sop_uid = str(req.AffectedSOPInstanceUID or "")  # as sent: logged with %r, never raw
         sop_class = str(req.AffectedSOPClassUID or "")
-        calling = (event.assoc.requestor.ae_title or "").strip()
+        # escaped once here for the log, the notes, the events and the database (a legal AE
+        # title has no control character, so it is unchanged)
+        calling = escape_controls((event.assoc.requestor.ae_title or "").strip())
         tmp: Path | None = None
         try:
             min_free = self.config.storage.min_free_mb * 1024 * 1024
@@ -380,9 +423,13 @@ class Receiver:
             write_file_meta_info(header_buf, meta, enforce_standard=True)
             tmp, size = write_temp(self.root, (header_buf.getbuffer(), dataset))
             try:
-                check_instance(tmp)  # first: pydicom's lenient parse must not meet a broken file
+                # first: pydicom's lenient parse must not meet a broken file. A deflated data
+                # set inflates as a stream under limits.max_instance_mb, and a deflated image
+                # over limits.max_pixels is refused from its header (InstanceTooLarge)
+                check_instance(tmp, max_inflated=self.max_instance_bytes,
+                               max_pixels=self.config.limits.max_pixels)
                 header = read_header(tmp, sop_uid=check_uid(sop_uid, "Affected SOP Instance UID"),
-                                     sop_class_uid=sop_class)
+                                     sop_class_uid=sop_class, limit=self.max_instance_bytes)
             except (InvalidInstance, UnsupportedInstance) as exc:
                 self._quarantine(tmp, sop_uid, calling, str(exc))
                 tmp = None
@@ -393,42 +440,85 @@ class Receiver:
         except Exception as exc:  # mapped to a named status: no exception may escape a handler
             code = status_for(exc)
             metrics.INSTANCES_RECEIVED.labels("failed" if code == Status.PROCESSING_FAILURE else "refused").inc()
-            log.error("C-STORE of %s from %s refused with 0x%04X: %s", sop_uid[:64], calling,
-                      code, exc, exc_info=not isinstance(exc, (InvalidInstance, UnsupportedInstance,
-                                                               StorageFull, InstanceTooLarge,
-                                                               OperationalError)))
+            log.error("C-STORE of %r from %r refused with 0x%04X: %s", sop_uid[:64], calling,
+                      code, exc, exc_info=not isinstance(exc, _EXPECTED))
             return code
         finally:
             if tmp is not None:
                 discard(tmp)
 
     def _store(self, header: ReceivedHeader, tmp: Path, size: int, event: evt.Event, calling: str) -> int:
+        """Store a checked instance under its UIDs and record it.
+
+        A SOP Instance UID stored under another study or series is refused
+        (:meth:`_refuse_conflict`): moving it would show one patient's image, and the heatmap
+        scored on it, under another patient's study. The same UIDs with the same bytes are a
+        duplicate (nothing changes). The same UIDs with other bytes replace the stored copy:
+        that is a corrected re-send (a window, a marker or an attribute fixed at the modality
+        or the PACS), the newer copy is what the PACS holds and the radiologist reads, and the
+        study, if already scored, is re-opened and scored again; the ``replaced`` event names
+        the SHA-256 of both copies.
+        """
         relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         dest = self.root / relpath
         slog = study_logger(log, header.study_uid)
+        stored = self._stored_under(header.sop_uid)
+        if stored is not None and stored[:2] != (header.study_uid, header.series_uid):
+            self._refuse_conflict(header, stored, tmp, calling)
         existed = dest.is_file()
         if existed and self._identical_copy(header, dest, tmp, size, calling):
             discard(tmp)
-            slog.info("instance %s re-sent by %s, identical: kept the stored copy",
+            slog.info("instance %r re-sent by %r, identical: kept the stored copy",
                       header.sop_uid, calling)
             metrics.INSTANCES_RECEIVED.labels("duplicate").inc()
             return int(Status.SUCCESS)
+        replaced = (sha256_file(dest), sha256_file(tmp)) if existed else None
         assoc_id = self._association_id(event.assoc)
         commit_temp(self.root, tmp, relpath)
         try:
             try:
-                self._record(header, relpath, size, event, calling, assoc_id)
+                self._record(header, relpath, size, event, calling, assoc_id, replaced)
             except IntegrityError:
                 # another association inserted the same study or instance meanwhile: once more
-                self._record(header, relpath, size, event, calling, assoc_id)
+                self._record(header, relpath, size, event, calling, assoc_id, replaced)
         except BaseException:
             # answered with a failure: leave no file the database does not know of
             if not existed:
                 discard(dest)
             raise
-        slog.debug("stored %s (%d bytes) from %s", header.sop_uid, size, calling)
+        if replaced is not None:
+            slog.info("instance %r re-sent by %r with other bytes: the stored copy (sha256 %s) "
+                      "replaced by the new one (sha256 %s)", header.sop_uid, calling, *replaced)
+        slog.debug("stored %r (%d bytes) from %r", header.sop_uid, size, calling)
         metrics.INSTANCES_RECEIVED.labels("stored").inc()
         return int(Status.SUCCESS)
+
+    def _stored_under(self, sop_uid: str) -> tuple[str, str, int] | None:
+        """(Study Instance UID, Series Instance UID, study id) of the stored instance, if any."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Study.study_instance_uid, Instance.series_instance_uid, Study.id)
+                .join(Study, Instance.study_id == Study.id)
+                .where(Instance.sop_instance_uid == sop_uid)
+            ).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def _refuse_conflict(self, header: ReceivedHeader, stored: tuple[str, str, int], tmp: Path,
+                         calling: str) -> NoReturn:
+        """Keep the instance apart, add a ``conflict`` event to the stored study (UIDs only,
+        never patient data), and raise :class:`InstanceConflict`."""
+        study_uid, series_uid, study_id = stored
+        reason = (f"SOP Instance UID {header.sop_uid} belongs to study {study_uid} series "
+                  f"{series_uid}; this instance names study {header.study_uid} series "
+                  f"{header.series_uid}: a SOP Instance UID never moves")
+        rel = self._quarantine(tmp, header.sop_uid, calling, reason)
+        with self.db.session() as s:
+            s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.CONFLICT,
+                        detail=f"instance {header.sop_uid} sent by {calling} under study "
+                               f"{header.study_uid} series {header.series_uid}, but it belongs "
+                               f"to study {study_uid} series {series_uid}: refused "
+                               f"(0x{int(Status.SOP_INSTANCE_CONFLICT):04X}), kept as {rel}"))
+        raise InstanceConflict(reason)
 
     def _identical_copy(self, header: ReceivedHeader, dest: Path, tmp: Path, size: int,
                         calling: str) -> bool:
@@ -442,10 +532,20 @@ class Receiver:
         return True
 
     def _record(self, header: ReceivedHeader, relpath: str, size: int, event: evt.Event,
-                calling: str, assoc_id: int) -> None:
+                calling: str, assoc_id: int, replaced: tuple[str, str] | None = None) -> None:
+        """Insert or update the instance row (``replaced``: the SHA-256 of the stored copy and
+        of the one that replaced it). Raises InstanceConflict if another association stored
+        the SOP Instance UID under another study or series since :meth:`_store` looked."""
         now = self.clock()
         ts = str(event.context.transfer_syntax)
         with self.db.session() as s:
+            instance = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
+            if instance is not None and (
+                    instance.study.study_instance_uid != header.study_uid
+                    or instance.series_instance_uid != header.series_uid):
+                raise InstanceConflict(f"SOP Instance UID {header.sop_uid} was stored under "
+                                       "another study or series meanwhile: a SOP Instance UID "
+                                       "never moves")
             study = s.scalar(
                 select(Study).where(Study.study_instance_uid == header.study_uid).with_for_update()
             )
@@ -476,7 +576,6 @@ class Receiver:
                 study.urgent, study.urgent_reason = True, urgent
                 study_logger(log, header.study_uid).info("urgent study: %s", urgent)
             study.calling_ae = calling
-            instance = s.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_uid))
             if instance is None:
                 instance = Instance(sop_instance_uid=header.sop_uid)
                 s.add(instance)
@@ -490,18 +589,30 @@ class Receiver:
             instance.received_at = now
             instance.deleted_at = None  # received again after retention deleted its file
             instance.association_id = assoc_id
+            if replaced is not None:
+                s.add(Event(at=now, study_id=study.id, kind=EventKind.REPLACED,
+                            detail=f"instance {header.sop_uid} re-sent by {calling} with other "
+                                   f"bytes: the stored copy (sha256 {replaced[0]}) replaced by "
+                                   f"the new one (sha256 {replaced[1]})"))
             s.add(Event(at=now, study_id=study.id, kind=EventKind.RECEIVED,
                         detail=f"instance {header.sop_uid} from {calling} ({UID(ts).name})"))
 
-    def _quarantine(self, tmp: Path, sop_uid: str, calling: str, reason: str) -> None:
-        """Keep what could not be understood, with the reason, for the operator."""
+    def _quarantine(self, tmp: Path, sop_uid: str, calling: str, reason: str) -> str:
+        """Keep what could not be understood, with the reason, for the operator; return where.
+
+        The note has one line per field; every value is escaped
+        (:func:`daemon.logs.escape_controls`), so a newline in a UID cannot forge a field."""
         stamp = self.clock().strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{uuid.uuid4().hex[:8]}"
         rel = f"{QUARANTINE_DIR}/{name}.dcm"
         commit_temp(self.root, tmp, rel)
-        note = f"calling AE: {calling}\naffected SOP instance: {sop_uid[:64]}\nreason: {reason}\n"
+        note = (f"calling AE: {escape_controls(calling)}\n"
+                f"affected SOP instance: {escape_controls(sop_uid[:64])}\n"
+                f"reason: {escape_controls(reason)}\n")
         durable_write(self.root, f"{QUARANTINE_DIR}/{name}.txt", [note.encode()])
-        log.warning("quarantined an instance from %s as %s: %s", calling, rel, reason)
+        log.warning("quarantined an instance from %r as %s: %s", calling, rel,
+                    escape_controls(reason))
+        return rel
 
 
 def _same_content(a: Path, b: Path, block: int = 1 << 20) -> bool:

@@ -23,6 +23,7 @@ from daemon.config import Config
 from daemon.dispatch import Dispatcher
 from daemon.receiver import Receiver
 from daemon.retention import apply_retention
+from daemon.retry import revive_deliveries
 from daemon import metrics
 from daemon.worker import (ScoringWorker, StudyScorer, ViewScorer, as_engine, build_pool,
                            engine_options, recover)
@@ -207,6 +208,8 @@ class Service:
                                id="completion", max_instances=1, coalesce=True)
         self.scheduler.add_job(self._dispatch_tick, "interval", seconds=cfg.dispatch.interval_s,
                                id="dispatch", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self._retry_tick, "interval", seconds=cfg.scoring.retry_initial_s,
+                               id="retry", max_instances=1, coalesce=True)
         if cfg.storage.retention_days > 0:
             self.scheduler.add_job(self._retention_tick, "interval", seconds=cfg.storage.retention_interval_s,
                                    id="retention", max_instances=1, coalesce=True,
@@ -273,6 +276,20 @@ class Service:
             self.dispatcher.run_due()
         except SQLAlchemyError:
             log.exception("dispatch failed; retried at the next tick")
+
+    def _retry_tick(self) -> None:
+        """Studies failed by a delivery that gave up go back to dispatching once its destination
+        accepts objects again (``daemon.retry``)."""
+        cfg = self.config
+        try:
+            revived = revive_deliveries(self.db, self.clock(), max_attempts=cfg.dispatch.max_attempts,
+                                        initial_s=cfg.scoring.retry_initial_s,
+                                        max_s=cfg.scoring.retry_max_s)
+        except SQLAlchemyError:
+            log.exception("retrying failed deliveries failed; retried at the next tick")
+            return
+        if revived:
+            self._dispatch_now()
 
     def _retention_tick(self) -> None:
         try:

@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from daemon.config import Config
 from daemon.logs import setup_logging, study_logger
-from daemon.products import SELECTOR, Product, ViewProduct, make_products
+from daemon.products import SELECTOR, OutputFailure, Product, ViewProduct, make_products
+from daemon.retry import TRANSIENT, retry_delay
 from db import (
     Association,
     Database,
@@ -37,14 +39,15 @@ from db import (
     Event,
     EventKind,
     ImageScore,
-    Instance,
     OutputObject,
     Study,
     StudyResult,
     StudyState,
     utcnow,
 )
-from dicom_io.errors import DicomIOError
+from dicom_io.deflate import read_file
+from dicom_io.demographics import Note, notes_text, text_values
+from dicom_io.errors import DicomIOError, describe
 from dicom_io.bodypart import study_type_of_study
 from dicom_io.pixels import DecodeOptions, Preprocessing
 from dicom_io.prepare import PreparePool, PreparedView
@@ -133,7 +136,7 @@ class StageTimes:
 def score_views(scorer: ViewScorer, pool: PreparePool,
                 paths: Sequence[tuple[int, str, Path]], *, heatmap: str | None = "cam",
                 timeout_s: float | None = None, rank: int = 1,
-                times: StageTimes | None = None) -> list[ViewOutcome]:
+                times: StageTimes | None = None, phi: bool = False) -> list[ViewOutcome]:
     """Prepare the views in the pool and score their frames in the inference engine, chunk by
     chunk (:data:`VIEWS_PER_CHUNK`), keeping every reason a view is not scored.
 
@@ -146,19 +149,21 @@ def score_views(scorer: ViewScorer, pool: PreparePool,
     ``timeout_s`` (``limits.study_timeout_s``): what is not prepared or scored by then is "not
     analysed: scoring timed out" (views still queued are taken back from the engine). If the
     model raises, no view of the study keeps a score: the study is reported not analysed with
-    the error.
+    the error (its type and where it was raised; its message too when ``phi``: see
+    :func:`dicom_io.errors.describe`).
     """
     engine = as_engine(scorer)
     try:
-        return _score_views(engine, pool, paths, heatmap, timeout_s, rank, times or StageTimes())
+        return _score_views(engine, pool, paths, heatmap, timeout_s, rank, times or StageTimes(),
+                            phi)
     finally:
         if engine is not scorer:
             engine.close()
 
 
 def _score_views(engine: InferenceEngine, pool: PreparePool, paths: Sequence[tuple[int, str, Path]],
-                 heatmap: str | None, timeout_s: float | None, rank: int, times: StageTimes
-                 ) -> list[ViewOutcome]:
+                 heatmap: str | None, timeout_s: float | None, rank: int, times: StageTimes,
+                 phi: bool = False) -> list[ViewOutcome]:
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     outcomes: list[ViewOutcome] = []
     failure = None
@@ -196,9 +201,9 @@ def _score_views(engine: InferenceEngine, pool: PreparePool, paths: Sequence[tup
             except Exception as exc:  # the model failed on this study: report it as not analysed
                 for rest in futures[n:]:
                     rest.cancel()
-                log.error("inference failed: %s: %s", type(exc).__name__, exc)
                 scored = []
-                error = failure = f"inference failed: {type(exc).__name__}: {exc}"
+                error = failure = f"inference failed: {describe(exc, phi=phi)}"
+                log.error("%s", error)
                 break
         times.prepare += t1 - t0
         times.inference += time.perf_counter() - t1
@@ -274,11 +279,15 @@ class StudyScorer:
         """Move the next complete study to scoring; return (study id, revision).
 
         Urgent studies first, oldest first, with ageing: a routine study completed more than
-        ``urgency.aging_s`` before the oldest urgent one goes first, so none starves.
+        ``urgency.aging_s`` before the oldest urgent one goes first, so none starves. A study
+        waiting to be tried again (:meth:`fail`) is claimed once its ``retry_at`` has passed.
         """
+        now = self.clock()
+
         def oldest(s, urgent: bool):  # type: ignore[no-untyped-def]
             return s.scalars(
-                select(Study).where(Study.state == StudyState.COMPLETE, Study.urgent.is_(urgent))
+                select(Study).where(Study.state == StudyState.COMPLETE, Study.urgent.is_(urgent),
+                                    or_(Study.retry_at.is_(None), Study.retry_at <= now))
                 .order_by(Study.completed_at, Study.id).limit(1)
                 .with_for_update(skip_locked=True)
             ).first()
@@ -316,8 +325,10 @@ class StudyScorer:
         slog = study_logger(log, study_uid)
         card = self.scorer.card
         times = StageTimes()
+        phi = self.config.logging.phi
         outcomes = score_views(self.engine, self.pool, rows, heatmap=self.config.model.heatmap,
-                               timeout_s=self.config.limits.study_timeout_s, rank=rank, times=times)
+                               timeout_s=self.config.limits.study_timeout_s, rank=rank, times=times,
+                               phi=phi)
         t_products = time.perf_counter()
         probability = study_probability(o.probability for o in outcomes)
         threshold = self.config.model.operating_threshold(card)
@@ -342,12 +353,16 @@ class StudyScorer:
             study_type=study_type,
         )
         sources, headers = [], {}
+        max_instance = int(self.config.limits.max_instance_mb * 1024 * 1024)
         for _, sop_uid, path in rows:
             try:
-                headers[sop_uid] = ds = dcmread(path, stop_before_pixels=True)
+                # a deflated instance is inflated as a stream, its pixels never (issue 17)
+                headers[sop_uid] = ds = read_file(path, stop_before_pixels=True,
+                                                  limit=max_instance)
                 sources.append(ds)
-            except (OSError, InvalidDicomError, ValueError) as exc:
-                slog.warning("instance %s cannot be referenced in the outputs: %s", sop_uid, exc)
+            except (OSError, InvalidDicomError, ValueError, DicomIOError) as exc:
+                slog.warning("instance %s cannot be referenced in the outputs: %s", sop_uid,
+                             describe(exc, phi=phi))
         if not sources:
             raise DicomIOError("no stored instance of the study can be read")
         predecessor = None
@@ -355,19 +370,24 @@ class StudyScorer:
             try:
                 predecessor = dcmread(self.root / previous_sr, stop_before_pixels=True)
             except (OSError, InvalidDicomError, ValueError) as exc:
-                slog.warning("the SR this one replaces cannot be read, so it is not named: %s", exc)
+                slog.warning("the SR this one replaces cannot be read, so it is not named: %s",
+                             describe(exc, phi=phi))
         views = [ViewProduct(o.sop_instance_uid, o.probability, o.error, o.heatmap, o.geometry,
                              o.thumbnail, o.box, _view_label(n, headers.get(o.sop_instance_uid),
                                                              o.study_type))
                  for n, o in enumerate(outcomes, start=1)]
         hl7_dests = [d for d in self.config.destinations if d.type == "hl7"]
         raise_to = _raise_to(report.priority, sources[0], raised, hl7_dests) if hl7_dests else {}
-        products = make_products(self.config, report, sources, views,
-                                 device_observer_uid=device_uid(card.name, card.version),
-                                 predecessor=predecessor, hl7_raise_to=raise_to, now=self.clock())
+        made = make_products(self.config, report, sources, views,
+                             device_observer_uid=device_uid(card.name, card.version),
+                             predecessor=predecessor, hl7_raise_to=raise_to, now=self.clock())
+        if made.notes:
+            slog.warning("header values cleaned for the outputs: %s", notes_text(made.notes))
+        for failure in made.failures:
+            slog.warning("%s", failure)
         written: list[tuple[Product, str]] = []
-        try:
-            for product in products:
+        try:  # all or nothing: a write that fails (storage full) is a cause that passes, retried
+            for product in made.products:
                 relpath = output_relpath(study_uid, product.uid, product.suffix)
                 durable_write(self.root, relpath, [product.data])
                 written.append((product, relpath))
@@ -375,7 +395,8 @@ class StudyScorer:
             for _, relpath in written:  # nothing half-made is left behind; scored again later
                 (self.root / relpath).unlink(missing_ok=True)
             raise
-        result_id = self._record(study_id, revision, report, outcomes, written, slog)
+        result_id = self._record(study_id, revision, report, outcomes, written, slog,
+                                 failures=made.failures, notes=made.notes)
         if result_id is not None:
             waited.update(prepare=times.prepare, inference=times.inference,
                           products=time.perf_counter() - t_products,
@@ -408,7 +429,8 @@ class StudyScorer:
 
     def _record(self, study_id: int, revision: int, report: TriageReport,
                 outcomes: Sequence[ViewOutcome], written: Sequence[tuple[Product, str]],
-                slog: logging.LoggerAdapter) -> int | None:
+                slog: logging.LoggerAdapter, *, failures: Sequence[OutputFailure] = (),
+                notes: Sequence[Note] = ()) -> int | None:
         now = self.clock()
         sr, sr_path = written[0]
         with self.db.session() as s:
@@ -463,6 +485,13 @@ class StudyScorer:
                     deliveries += 1
             study.scored_at = now
             study.state = StudyState.DISPATCHING if deliveries else StudyState.SCORED
+            study.retry_at, study.retries = None, 0
+            if notes:
+                s.add(Event(at=now, study_id=study_id, kind=EventKind.CLEANED,
+                            detail=f"header values cleaned for the outputs: {notes_text(notes)}"[:2000]))
+            for failure in failures:  # the SR and the other outputs went on without it
+                s.add(Event(at=now, study_id=study_id, kind=EventKind.OUTPUT_FAILED,
+                            detail=str(failure)[:2000]))
             kind = EventKind.SCORED if report.probability is not None else EventKind.NOT_ANALYSED
             made = ", ".join(f"{n} {k}" for k, n in _counts(p.kind for p, _ in written))
             s.add(Event(at=now, study_id=study_id, kind=kind,
@@ -484,14 +513,37 @@ class StudyScorer:
                       sum(o.probability is not None for o in outcomes), result.series_description)
         return result_id
 
-    def fail(self, study_id: int, revision: int, reason: str) -> None:
+    def fail(self, study_id: int, revision: int, exc: BaseException) -> bool:
+        """Record that scoring the claimed study raised ``exc``; return whether it will be
+        tried again.
+
+        A cause that passes (:data:`TRANSIENT`: the storage volume full, another I/O error
+        writing the outputs) puts the study back to ``complete`` until ``retry_at``, after
+        ``scoring.retry_initial_s`` doubling with each failure in a row up to ``retry_max_s``
+        (:func:`retry_delay`): an event ``retry`` says why and when. Any other error fails it
+        for good (``failed``). The reason and the event name the error's type, never a value
+        from the headers (:func:`dicom_io.errors.describe`) unless ``logging.phi``.
+        """
+        now = self.clock()
+        reason = describe(exc, phi=self.config.logging.phi)
         with self.db.session() as s:
             study = s.get(Study, study_id, with_for_update=True)
             if study is None or study.revision != revision or study.state != StudyState.SCORING:
-                return
-            study.state = StudyState.FAILED
-            study.state_reason = reason[:2000]
-            s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
+                return False
+            if not isinstance(exc, TRANSIENT):
+                study.state = StudyState.FAILED
+                study.state_reason = reason[:2000]
+                s.add(Event(at=now, study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
+                return False
+            wait = retry_delay(study.retries, self.config.scoring.retry_initial_s,
+                               self.config.scoring.retry_max_s)
+            study.retries += 1
+            study.retry_at = now + dt.timedelta(seconds=wait)
+            study.state = StudyState.COMPLETE
+            why = f"outputs not written ({reason}); try {study.retries + 1} in {wait:g} s"
+            study.state_reason = why[:2000]
+            s.add(Event(at=now, study_id=study_id, kind=EventKind.RETRY, detail=why[:2000]))
+        return True
 
 
 def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
@@ -509,8 +561,8 @@ def _view_label(number: int, ds: Dataset | None, study_type: str | None) -> str:
     """What the summary image calls a view: its number, modality, view position, body part;
     never patient data."""
     parts = [f"view {number}"]
-    if ds is not None:
-        parts += [str(ds.get(k, "") or "").strip() for k in ("Modality", "ViewPosition")]
+    if ds is not None:  # cleaned: several values joined, never a list's repr
+        parts += [" ".join(text_values(ds, k)) for k in ("Modality", "ViewPosition")]
     parts.append(study_type or "")
     return "  ".join(p for p in parts if p)
 
@@ -605,11 +657,27 @@ class ScoringWorker:
         try:
             self.study_scorer.score_study(study_id, revision)
         except Exception as exc:  # one study's failure is recorded; the others go on
-            log.exception("scoring study %s failed", study_id)
-            try:
-                self.study_scorer.fail(study_id, revision, f"{type(exc).__name__}: {exc}")
-            except Exception:
-                log.exception("cannot record the failure of study %s", study_id)
+            self._failed(study_id, revision, exc)
         if self.on_scored is not None:
             self.on_scored()
         return True
+
+    def _failed(self, study_id: int, revision: int, exc: Exception) -> None:
+        """Log and record a study's failure: the error's type and where it was raised, and the
+        traceback's frames; its message (which may quote a header value) only with
+        ``logging.phi``. A cause that passes (:data:`daemon.retry.TRANSIENT`) is a warning, the
+        study to be scored again."""
+        phi = self.study_scorer.config.logging.phi
+        if isinstance(exc, TRANSIENT):
+            log.warning("study %s: its outputs could not be written (%s); it will be scored "
+                        "again", study_id, describe(exc, phi=phi))
+        elif phi:
+            log.exception("scoring study %s failed", study_id)
+        else:
+            log.error("scoring study %s failed: %s\n%s", study_id, describe(exc),
+                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+        try:
+            self.study_scorer.fail(study_id, revision, exc)
+        except Exception as record_exc:
+            log.error("cannot record the failure of study %s: %s", study_id,
+                      describe(record_exc, phi=phi))

@@ -13,10 +13,12 @@ from db.models import (
     Study,
     StudyResult,
     StudyState,
+    WebSession,
 )
 from db.session import Database, utcnow
 
 __all__ = [
     "Association", "Base", "Database", "Delivery", "DeliveryState", "Event", "EventKind",
     "ImageScore", "Instance", "OutputObject", "Study", "StudyResult", "StudyState", "utcnow",
+    "WebSession",
 ]

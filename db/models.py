@@ -88,6 +88,21 @@ class EventKind(str, enum.Enum):
     #: a study was purged on request; the event has no study and names it only by a hash of its
     #: Study Instance UID (``daemon.retention.purge_study``)
     PURGED = "purged"
+    #: scoring failed for a cause that passes (storage full, an I/O error): the study waits in
+    #: ``complete`` until ``retry_at`` (``daemon.worker``)
+    RETRY = "retry"
+    #: one output (the summary image, KOS, GSPS or an HL7 message) could not be made; the SR and
+    #: the others were (``daemon.products``)
+    OUTPUT_FAILED = "output_failed"
+    #: the study's header values were cleaned for the outputs (which attributes, never values)
+    CLEANED = "cleaned"
+    #: an instance named a SOP Instance UID already stored under another study or series: refused
+    #: and quarantined; the event is on the stored study and names both studies' UIDs
+    #: (``daemon.receiver``)
+    CONFLICT = "conflict"
+    #: an instance was re-sent under the same UIDs with other bytes and replaced the stored
+    #: copy; the event names the SHA-256 of both (``daemon.receiver``)
+    REPLACED = "replaced"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -138,6 +153,10 @@ class Study(Base):
     #: scored ahead of the others (``urgency:`` in the config), and why; set at arrival
     urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     urgent_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: a ``complete`` study whose scoring failed for a cause that passes waits until then;
+    #: ``retries`` counts those failures since it was last scored (the backoff doubles with it)
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
     results: Mapped[list[StudyResult]] = relationship(
@@ -312,3 +331,15 @@ class Event(Base):
     )
     kind: Mapped[EventKind] = mapped_column(_enum(EventKind, "event_kind"))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebSession(Base):
+    """A dashboard login (``web.sessions``): the cookie carries an id, the row is named by its
+    SHA-256 digest. Logging out deletes the row, so the cookie is refused by every node sharing
+    this database; rows past ``expires_at`` are deleted at the next login."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # hex SHA-256 of the cookie's id
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)

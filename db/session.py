@@ -54,7 +54,9 @@ class Database:
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = make_url(url)
-        kwargs: dict[str, object] = {"echo": echo, "future": True}
+        # a failed statement's parameters (accession numbers, UIDs) stay out of its error text,
+        # which reaches the log, the audit events and the API
+        kwargs: dict[str, object] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.url.get_backend_name() == "sqlite":
             database = self.url.database
             if database and database != ":memory:":

@@ -69,13 +69,23 @@ Known hl7apy 1.3.5 limits (so the messages are checked by the tests, not at run 
   gets no PID; radtriage never invents an identifier or a name.
 
 Text that is not ASCII is sent as UTF-8 and declared in MSH-18 (``UNICODE UTF-8``). Control
-characters in free text (CR, LF, and the MLLP frame bytes) become spaces.
+characters in any value (C0 with CR, LF and the MLLP frame bytes, DEL, C1 with NEL, U+2028 and
+U+2029: :data:`dicom_io.demographics.CONTROL_CHARACTERS`) become spaces, and a value longer than
+its field's HL7 datatype allows (hl7apy's lengths: ST 199, IS 20, ...) is cut to that length
+(logged with the field's name, never the value), so that no header value can cost the study its
+message.
+
+Several patient IDs or names (a DICOM value with more than one value) become repetitions of
+PID-3 or PID-5 (the issuer goes with the first ID); a person name's ideographic and phonetic
+groups become repetitions of their own, marked I and P in XPN-8 (table 4000; the alphabetic one
+is A when there are several).
 
 Nothing here logs a patient's name or ID.
 """
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import re
 import socket
@@ -89,12 +99,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Component, Field, Message, Segment
 from hl7apy.exceptions import HL7apyException
+from hl7apy import load_library
+from hl7apy.base_datatypes import TextualDataType
 from hl7apy.factories import datatype_factory
 from hl7apy.parser import get_message_info, parse_segments
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from dicom_io.errors import SendError
+from dicom_io.demographics import CONTROL_CHARACTERS
+from dicom_io.errors import OutputError, SendError
 #: the worklist priorities (most urgent first) and finding-site codes are the SR's, so the
 #: RIS and the PACS are told the same
 from dicom_io.sr import FINDING_SITES, PRIORITIES, check_verdict
@@ -136,7 +149,6 @@ _PRIORITY = ("PRIORITY", "AI triage priority", _LOCAL)
 _NO_UNITS = (codes.UCUM.NoUnits.value, codes.UCUM.NoUnits.meaning, "UCUM")
 
 _CONTROL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,19}")  # MSH-10 is ST(20)
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")  # CR and LF end a segment; VT and FS frame MLLP
 
 MLLP_START, MLLP_END = b"\x0b", b"\x1c\x0d"
 _MAX_ACK_BYTES = 1 << 20
@@ -151,9 +163,11 @@ class HL7Order:
 
     study_instance_uid: str
     accession_number: str | None
-    patient_id: str | None
-    #: DICOM PN "Family^Given^Middle^Prefix^Suffix" (only the alphabetic group is used)
-    patient_name: str | None
+    #: one patient ID, or several (PID-3 repetitions; the issuer is the first one's)
+    patient_id: str | Sequence[str] | None
+    #: DICOM PN "Family^Given^Middle^Prefix^Suffix", or several (PID-5 repetitions); each of a
+    #: name's component groups (alphabetic = ideographic = phonetic) is a repetition of its own
+    patient_name: str | Sequence[str] | None
     issuer_of_patient_id: str | None = None
     requested_procedure_id: str | None = None
     study_description: str | None = None
@@ -248,18 +262,19 @@ def build_order_update(order: HL7Order, finding: HL7Finding, *, control_id: str,
                        message_type: Literal["ORM^O01", "OMI^O23"] = "ORM^O01") -> str:
     """An ``XO`` (change order) message raising the order's priority to ``finding.priority``.
 
-    Returns ER7 text, every segment ended by a carriage return. Raises ValueError when the update
-    would not raise the order's own priority (:func:`should_raise_priority` with nothing sent yet:
-    the caller checks what it already sent), when there is no accession number to match the order
-    by, or, for OMI^O23, when the requested procedure ID or scheduled procedure step ID that IPC
-    requires is missing.
+    Returns ER7 text, every segment ended by a carriage return. Raises
+    :class:`~dicom_io.errors.OutputError` (a ValueError) when the update would not raise the
+    order's own priority (:func:`should_raise_priority` with nothing sent yet: the caller checks
+    what it already sent), when there is no accession number to match the order by, or, for
+    OMI^O23, when the requested procedure ID or scheduled procedure step ID that IPC requires is
+    missing.
     """
     _check_finding(finding)
     if not should_raise_priority(finding.priority, order.order_priority, None):
-        raise ValueError(f"priority {finding.priority} would not raise the order's priority "
-                         f"{order.order_priority or 'ROUTINE'}: no order update")
+        raise OutputError(f"priority {finding.priority} would not raise the order's own "
+                          "priority (Requested Procedure Priority): no order update")
     if not (order.accession_number or "").strip():
-        raise ValueError("no accession number: an order update cannot be matched to the order")
+        raise OutputError("no accession number: an order update cannot be matched to the order")
     if message_type not in ("ORM^O01", "OMI^O23"):
         raise ValueError(f"message_type must be ORM^O01 or OMI^O23, got {message_type!r}")
     if message_type == "OMI^O23":
@@ -294,7 +309,7 @@ def build_order_update(order: HL7Order, finding: HL7Finding, *, control_id: str,
             _code(ipc.ipc_5, order.modality, None, "DCM")
         return _er7(msg)
     except HL7apyException as exc:  # its messages may quote a value: no patient data in ours
-        raise ValueError(f"hl7apy refused a value of the {message_type} ({type(exc).__name__})") from None
+        raise OutputError(f"hl7apy refused a value of the {message_type} ({type(exc).__name__})") from None
 
 
 def build_result(order: HL7Order, finding: HL7Finding, *, control_id: str,
@@ -335,7 +350,7 @@ def build_result(order: HL7Order, finding: HL7Finding, *, control_id: str,
             _put(obx.obx_14.ts_1, _dtm(now))
         return _er7(msg)
     except HL7apyException as exc:
-        raise ValueError(f"hl7apy refused a value of the ORU^R01 ({type(exc).__name__})") from None
+        raise OutputError(f"hl7apy refused a value of the ORU^R01 ({type(exc).__name__})") from None
 
 
 #: (OBX-2 value type, OBX-3 code, OBX-5 components, OBX-6 units, OBX-8 abnormal flag)
@@ -385,24 +400,44 @@ def _message(structure: str, control_id: str, now: datetime.datetime, sender: Se
     return msg
 
 
+def _repetitions(value: str | Sequence[str] | None) -> list[str]:
+    """The non-empty values of a field that may repeat, cleaned of control characters."""
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [v for v in (_clean(v) for v in values) if v]
+
+
 def _patient_group(parent: Any, structure: str, order: HL7Order) -> Any:
     """PID with PID-3 and PID-5 when the study has a patient ID or name; None otherwise."""
-    if not (order.patient_id or order.patient_name):
+    ids, names = _repetitions(order.patient_id), _name_groups(order.patient_name)
+    if not (ids or names):
         return None
     pid = parent.add_group(f"{structure}_PATIENT").pid
     _put(pid.pid_1, "1")
-    if order.patient_id:
-        _put(pid.pid_3.cx_1, order.patient_id)
-        if order.issuer_of_patient_id:
-            _put(pid.pid_3.cx_4.hd_1, order.issuer_of_patient_id)
-    if order.patient_name:
-        _person_name(pid.pid_5, order.patient_name)
+    for n, patient_id in enumerate(ids):
+        cx = pid.pid_3 if n == 0 else pid.add_field("PID_3")
+        _put(cx.cx_1, patient_id)
+        if n == 0 and order.issuer_of_patient_id:
+            _put(cx.cx_4.hd_1, order.issuer_of_patient_id)
+    for n, (name, representation) in enumerate(names):
+        _person_name(pid.pid_5 if n == 0 else pid.add_field("PID_5"), name, representation)
     return pid
 
 
-def _person_name(xpn: Any, pn: str) -> None:
-    """DICOM PN (family^given^middle^prefix^suffix, alphabetic group) into an XPN."""
-    parts = [p.strip() for p in pn.split("=")[0].split("^")] + [""] * 5
+def _name_groups(value: str | Sequence[str] | None) -> list[tuple[str, str | None]]:
+    """(one PN component group, its XPN-8 name representation code or None), for every group
+    of every name: A alphabetic, I ideographic, P phonetic (HL7 table 4000), given only when a
+    name has more than one group with a name in it."""
+    out: list[tuple[str, str | None]] = []
+    for pn in _repetitions(value):
+        groups = [(code, group) for code, group in zip("AIP", pn.split("=")[:3])
+                  if group.strip("^ ")]
+        out += [(group, code if len(groups) > 1 else None) for code, group in groups]
+    return out
+
+
+def _person_name(xpn: Any, group: str, representation: str | None = None) -> None:
+    """One DICOM PN component group (family^given^middle^prefix^suffix) into an XPN."""
+    parts = [p.strip() for p in group.split("^")] + [""] * 5
     family, given, middle, prefix, suffix = parts[:5]
     if family:
         _put(xpn.xpn_1.fn_1, family)
@@ -414,6 +449,8 @@ def _person_name(xpn: Any, pn: str) -> None:
         _put(xpn.xpn_4, suffix)
     if prefix:
         _put(xpn.xpn_5, prefix)
+    if representation:
+        _put(xpn.xpn_8, representation)
 
 
 def _orc(orc: Any, control: str, order: HL7Order, now: datetime.datetime) -> None:
@@ -469,7 +506,7 @@ def _check_ipc(order: HL7Order) -> None:
                                         ("scheduled_procedure_step_id", order.scheduled_procedure_step_id))
                if not (value or "").strip()]
     if missing:
-        raise ValueError(f"OMI^O23 needs {' and '.join(missing)} (IPC-2, IPC-4); use ORM^O01")
+        raise OutputError(f"OMI^O23 needs {' and '.join(missing)} (IPC-2, IPC-4); use ORM^O01")
 
 
 def _check_finding(f: HL7Finding) -> None:
@@ -482,18 +519,49 @@ def _check_finding(f: HL7Finding) -> None:
 # ------------------------------------------------------------------------------ hl7apy helpers
 
 def _clean(text: str) -> str:
-    """Control characters (CR and LF end a segment, VT and FS frame MLLP) become spaces."""
-    return _CONTROL_CHARS.sub(" ", str(text)).strip()
+    """Control characters (CR and LF end a segment, VT and FS frame MLLP, NEL and U+2028 end a
+    line for some readers) become spaces."""
+    return CONTROL_CHARACTERS.sub(" ", str(text)).strip()
+
+
+@functools.lru_cache(maxsize=None)
+def max_length(datatype: str) -> int | None:
+    """The longest value hl7apy (v2.5.1) accepts in an element of base ``datatype`` (ST 199,
+    IS 20, TX 65536, ...); None: no limit of its own (ID, a table's codes)."""
+    base = load_library(VERSION).get_base_datatypes().get(datatype)
+    if not (isinstance(base, type) and issubclass(base, TextualDataType)):
+        return None  # a date or number: radtriage writes those itself
+    return base("").max_length
 
 
 def _put(element: Any, text: str) -> None:
-    """Set a base-type field, component or subcomponent to literal ``text``.
+    """Set a base-type field, component or subcomponent to literal ``text``, cleaned of control
+    characters and cut to the element's length (:func:`max_length`).
 
     hl7apy parses a plain string assigned to an element as ER7; a datatype object instead is
     kept as is and escaped (| ^ ~ \\ &) when the message is serialised.
     """
-    element.value = datatype_factory(element.datatype, _clean(text), version=VERSION,
+    value = _clean(text)
+    limit = max_length(element.datatype)
+    cut = limit is not None and len(value) > limit
+    if cut:
+        value = value[:limit].rstrip()
+    element.value = datatype_factory(element.datatype, value, version=VERSION,
                                      validation_level=_LEVEL)
+    if cut:
+        log.info("HL7 %s cut to the %d characters of its %s", _where(element), limit,
+                 element.datatype)
+
+
+def _where(element: Any) -> str:
+    """An element's place, e.g. ``PID.PID_3.CX_4.HD_1`` (for a log line: never its value)."""
+    names = []
+    while element is not None and getattr(element, "name", None) and len(names) < 6:
+        names.append(str(element.name))
+        if len(element.name) == 3:  # the segment
+            break
+        element = getattr(element, "parent", None)
+    return ".".join(reversed(names))
 
 
 def _code(field: Any, code: str | None, meaning: str | None, scheme: str | None) -> None:
@@ -510,7 +578,8 @@ def _observation_value(values: Sequence[str]) -> Field:
     for i, value in enumerate(values, 1):
         comp = Component(f"VARIES_{i}", datatype="ST", version=VERSION, validation_level=_LEVEL)
         if value:
-            comp.value = datatype_factory("ST", _clean(value), version=VERSION, validation_level=_LEVEL)
+            comp.value = datatype_factory("ST", _clean(value)[:max_length("ST")].rstrip(),
+                                          version=VERSION, validation_level=_LEVEL)
         field.add(comp)
     return field
 

@@ -59,6 +59,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_io.demographics import clean_dataset, declare_character_set, notes_text
 from dicom_io.pixels import inverted
 from dicom_io.sr import (
     TriageReport,
@@ -545,6 +546,15 @@ def _code_string(text: str) -> str:
     return out
 
 
+def _cleaned(ds: pydicom.Dataset, what: str) -> pydicom.Dataset:
+    """A copy of ``ds`` whose patient, study, series and equipment values are valid
+    (:func:`dicom_io.demographics.clean_dataset`): what highdicom copies into the output."""
+    cleaned = clean_dataset(ds)
+    if cleaned.notes:
+        logger.debug("header values cleaned for the %s: %s", what, notes_text(cleaned.notes))
+    return cleaned.dataset
+
+
 def _require(ds: pydicom.Dataset, keywords: Sequence[str], what: str) -> None:
     for keyword in keywords:
         if not ds.get(keyword):
@@ -628,6 +638,7 @@ def build_summary_sc(
     _require(source, ("StudyInstanceUID",), "source")
     if not algorithm_name or not algorithm_version:
         raise ValueError("algorithm_name and algorithm_version are required")
+    source = _cleaned(source, "summary SC")
     when = now if now is not None else datetime.datetime.now()
     comment = f"AI triage summary ({algorithm_name} {algorithm_version}) - {NOT_FOR_DIAGNOSTIC_USE}"
     if notice:
@@ -676,6 +687,7 @@ def build_summary_sc(
     sc.TimeOfSecondaryCapture = when.strftime("%H%M%S")
     sc.ImageComments = _st(comment)  # LT; kept as short as an ST
     sc.DerivationDescription = _st(comment)
+    declare_character_set(sc, source.get("SpecificCharacterSet"))
     logger.debug("built summary SC %s (%d x %d)", sop_instance_uid, rgb.shape[1], rgb.shape[0])
     return sc
 
@@ -750,6 +762,7 @@ def build_kos(
         series_description=_lo(series_description) if series_description else None,
         **_dates(now),
     )
+    declare_character_set(kos, referenced[0].get("SpecificCharacterSet"))
     logger.debug("built KOS %s (%d key images)", sop_instance_uid, len(referenced) - 1)
     return kos
 
@@ -1005,7 +1018,7 @@ def build_gsps(
     now:
         Presentation Creation Date/Time (default: the local time now).
     """
-    images = _check_gsps_images(images)
+    images = [_cleaned(ds, "GSPS") for ds in _check_gsps_images(images)]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in images}
     unknown = [uid for uid in boxes if str(uid) not in by_uid]
     if unknown:  # e.g. the boxes of the whole study, given to each of gsps_groups' groups
@@ -1086,7 +1099,7 @@ def build_gsps(
     # the first image without its VOI, which it would otherwise copy (onto all the images, and
     # it cannot copy a VOI LUT Sequence whose data is US).
     proxy = pydicom.Dataset()
-    proxy.update(first)  # shallow: the caller's dataset is not modified
+    proxy.update(first)  # shallow: the (cleaned) image is not modified
     for keyword in ("WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
                     "VOILUTFunction", "VOILUTSequence"):
         if keyword in proxy:
@@ -1137,6 +1150,7 @@ def build_gsps(
     if now is not None:
         gsps.PresentationCreationDate = now.strftime("%Y%m%d")
         gsps.PresentationCreationTime = now.strftime("%H%M%S")
+    declare_character_set(gsps, first.get("SpecificCharacterSet"))
     logger.debug("built GSPS %s (%d images, %d regions)", sop_instance_uid, len(images),
                  len(drawable))
     return gsps

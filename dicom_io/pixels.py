@@ -44,7 +44,7 @@ from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
-import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
@@ -52,6 +52,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import _get_jpg_parameters  # JPEG / JPEG-LS SOF parser
 from pydicom import uid
 
+from dicom_io.deflate import read_file
 from dicom_io.errors import InvalidInstance, PixelDecodeError, UnsupportedInstance
 from dicom_io.geometry import ViewGeometry
 
@@ -157,13 +158,29 @@ class DecodeOptions:
 
 
 def read_dataset(path: Path | str) -> Dataset:
+    """The stored view at ``path``. A deflated one is inflated as a stream, its Pixel Data only
+    when first read (:func:`dicom_io.deflate.read_file`), which :func:`check_header` does after
+    Rows x Columns x frames passed ``max_pixels``: a deflate bomb is refused from its header."""
     try:
-        return pydicom.dcmread(path)
+        return read_file(path)
     except OSError:
         raise
+    except InvalidInstance as exc:  # a broken deflate stream
+        raise InvalidInstance(f"not a readable DICOM file: {exc}") from exc
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError,
             struct.error, zlib.error, UnicodeDecodeError, OverflowError) as exc:
         raise InvalidInstance(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+
+
+def pixel_data_length(ds: Dataset) -> int | None:
+    """The length of Pixel Data without reading a deferred value (a deflated view's pixels are
+    inflated only once its header passed); None when encapsulated (undefined length)."""
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    if isinstance(elem, RawDataElement):
+        if elem.value is not None:
+            return len(elem.value)
+        return None if elem.length == 0xFFFFFFFF else int(elem.length)
+    return len(elem.value) if elem.value is not None else 0
 
 
 def transfer_syntax_name(ds: Dataset) -> str:
@@ -203,7 +220,7 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         raise PixelDecodeError(
             f"no pixel data ({other[0]} is not supported)" if other else "no pixel data (7FE0,0010)")
-    if not ds.PixelData:
+    if pixel_data_length(ds) == 0:
         raise PixelDecodeError("no pixel data: the Pixel Data element (7FE0,0010) is empty")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
     if rows < 1 or cols < 1:
@@ -239,7 +256,7 @@ def check_header(ds: Dataset, opts: DecodeOptions) -> None:
         if photometric == "YBR_FULL_422":  # stored with the chroma halved: 2 bytes a pixel
             samples = 2
         expected = math.ceil(rows * cols * frames * samples * allocated / 8)
-        actual = len(ds.PixelData)
+        actual = pixel_data_length(ds) or 0  # checked before a deferred value is read
         if actual < expected:
             raise InvalidInstance(
                 f"truncated pixel data: {actual} bytes, but Rows {rows} x Columns {cols} x "

@@ -101,9 +101,37 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
         return PreparedView(None, study_type, f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
 
 
-def _init_worker(log_setup: Callable[[], None] | None) -> None:
-    """Logging as the daemon's (a spawned process starts with none), and one thread per worker
-    process: the pool, not OpenCV, spreads the work over the cores."""
+#: How often a worker process checks that the daemon that started it is still alive, seconds.
+PARENT_CHECK_S = 0.5
+
+
+def watch_parent(parent: int, interval_s: float = PARENT_CHECK_S,
+                 exit: Callable[[int], object] = os._exit) -> threading.Thread:
+    """Exit this process as soon as ``parent`` is no longer its parent (it died, even by
+    SIGKILL, and the process was handed to init): a daemon killed with ``kill -9`` must not
+    leave its preparation workers running (some 270 MB).
+
+    Not ``prctl(PR_SET_PDEATHSIG)``: Linux sends that signal when the *thread* that started
+    the process ends, and the pool starts workers from whichever thread submits first (a
+    scoring thread, or a web request's thread that ends soon after), so it would kill healthy
+    workers. A check of ``os.getppid()`` every ``interval_s`` costs nothing and works anywhere.
+    """
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        exit(1)
+
+    thread = threading.Thread(target=run, name="radtriage-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _init_worker(log_setup: Callable[[], None] | None, parent: int | None = None) -> None:
+    """Exit with the daemon (:func:`watch_parent`), logging as the daemon's (a spawned process
+    starts with none), and one thread per worker process: the pool, not OpenCV, spreads the
+    work over the cores."""
+    if parent is not None:
+        watch_parent(parent)
     if log_setup is not None:
         log_setup()
     import cv2
@@ -141,7 +169,7 @@ class PreparePool:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker, initargs=(self.log_setup,))
+                    initializer=_init_worker, initargs=(self.log_setup, os.getpid()))
             return self._executor
 
     def map(self, paths: Sequence[Path | str], *, timeout_s: float | None = None) -> list[PreparedView]:

@@ -65,6 +65,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from dicom_io.demographics import clean_dataset, declare_character_set, notes_text
+
 __all__ = [
     "CONTRIBUTION_DESCRIPTION",
     "DEFAULT_PROCEDURE_REPORTED",
@@ -325,9 +327,11 @@ def _evidence(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
 
     All sources must belong to one study (so that all of them end up in the
     Current Requested Procedure Evidence Sequence).  Duplicates (same SOP
-    Instance UID) are dropped.  If the first source lacks a Type 2 patient or
-    study attribute, a shallow copy with that attribute present but empty is
-    used in its place (the caller's datasets are never modified).
+    Instance UID) are dropped.  Each is a cleaned copy
+    (:func:`dicom_io.demographics.clean_dataset`: what highdicom copies from it is
+    valid for its VR, VM and enumeration); if the first lacks a Type 2 patient or
+    study attribute, that attribute is added, empty (the caller's datasets are
+    never modified).
     """
     if len(sources) == 0:
         raise ValueError("at least one source image is required")
@@ -337,19 +341,21 @@ def _evidence(sources: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
             if not ds.get(keyword):
                 raise ValueError(f"source image without {keyword}")
         unique.setdefault(str(ds.SOPInstanceUID), ds)
-    evidence = list(unique.values())
-    studies = {str(ds.StudyInstanceUID) for ds in evidence}
+    studies = {str(ds.StudyInstanceUID) for ds in unique.values()}
     if len(studies) != 1:
         raise ValueError(f"source images belong to {len(studies)} different studies")
+    evidence = []
+    for ds in unique.values():
+        cleaned = clean_dataset(ds)
+        if cleaned.notes:
+            logger.debug("header values cleaned for the SR: %s", notes_text(cleaned.notes))
+        evidence.append(cleaned.dataset)
     first = evidence[0]
     missing = [kw for kw in _REQUIRED_EVIDENCE_KEYWORDS if kw not in first]
     if missing:
         logger.warning("first source image lacks Type 2 attributes %s; using empty values", missing)
-        patched = pydicom.Dataset()
-        patched.update(first)  # shallow: shares the data elements, adds to a new dataset
         for kw in missing:
-            setattr(patched, kw, None)
-        evidence[0] = patched
+            setattr(first, kw, None)  # the cleaned copy, not the caller's dataset
     return evidence
 
 
@@ -721,6 +727,7 @@ def build_triage_sr(
         content_date=when.date(),
         content_time=when.time(),
     )
+    declare_character_set(sr, evidence[0].get("SpecificCharacterSet"))
     logger.debug(
         "built triage SR %s (%s, %d source images%s)",
         sop_instance_uid,

@@ -4,9 +4,10 @@
 does not need: it reads tags, VRs and lengths, seeks over values, and reads only a few header
 values (Rows, Columns, Samples per Pixel, Bits Allocated, Number of Frames, Photometric
 Interpretation) and the first bytes of each frame's first fragment. A 2048 x 2048 16-bit image
-costs about 0.35 ms, native or compressed; only a deflated data set is inflated (bounded by
-:data:`MAX_INFLATED`; some 50 ms at that size). Offsets in messages are byte offsets in the file
-(in the inflated data set for a deflated one).
+costs about 0.35 ms, native or compressed. A deflated data set is inflated as a stream
+(:class:`dicom_io.deflate.InflatedStream`: never whole in memory, at most ``max_inflated``
+bytes; some 0.5 s per 256 MB), once to learn its size, then walked. Offsets in messages are
+byte offsets in the file (in the inflated data set for a deflated one).
 
 Checked at receive time (each failure raises :class:`~dicom_io.errors.InvalidInstance` whose
 message says what is wrong and where: tag, byte offset, expected and actual length; never a
@@ -35,23 +36,27 @@ value, so never patient data):
   segments, the first at offset 64, increasing offsets inside the fragment and as many
   segments as Samples per Pixel x bytes per sample;
 * a deflated data set inflates completely (no truncated deflate stream, nothing after it but
-  a pad byte) to at most :data:`MAX_INFLATED` bytes, and the inflated data set passes the
-  checks above.
+  a pad byte or a gzip trailer) to at most ``max_inflated`` bytes
+  (:class:`~dicom_io.errors.InstanceTooLarge`: the receiver passes ``limits.max_instance_mb``),
+  and the inflated data set passes the checks above;
+* a deflated image of more than ``max_pixels`` Rows x Columns x frames (the receiver passes
+  ``limits.max_pixels``) is refused from its header, before anything else is inflated
+  (:class:`~dicom_io.errors.InstanceTooLarge`): its pixels cost nothing on the wire, so the
+  door is where their size is bounded. An uncompressed or encapsulated image over the limit
+  is stored (its bytes were paid for on the wire) and reported "not analysed".
 
 Not checked here, found only when the view is decoded for scoring (the study is then reported
 with that view "not analysed" and the decoder's reason): corruption behind valid markers, that
 is broken entropy-coded data, a codestream cut short after its first bytes, a codestream whose
 size or bit depth contradicts the header, Bits Stored or High Bit inconsistent with Bits
-Allocated, photometric interpretations the pixel path does not support, and the size limits of
-``limits.max_pixels``.
+Allocated, photometric interpretations the pixel path does not support, and ``limits.max_pixels``
+for any image that is not deflated.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -60,17 +65,15 @@ from pydicom import uid
 from pydicom.datadict import dictionary_VR
 
 from dicom_io.codecs import CANDIDATES
-from dicom_io.errors import InvalidInstance, UnsupportedInstance
+from dicom_io.deflate import InflatedStream
+from dicom_io.errors import InstanceTooLarge, InvalidInstance, UnsupportedInstance
 
 #: Sequences nested deeper than this are refused (radiographs nest three or four levels).
 MAX_DEPTH = 32
 
-#: A deflated data set may inflate to at most this many bytes (512 MiB).
+#: A deflated data set may inflate to at most this many bytes (512 MiB) unless the caller says
+#: otherwise (the receiver: ``limits.max_instance_mb``).
 MAX_INFLATED = 512 * 1024 * 1024
-
-#: Bytes tolerated after the deflate stream: a pad byte, or the 8-byte gzip trailer (CRC-32
-#: and size) some writers leave (pydicom's own test file ``image_dfl.dcm`` has one).
-_DEFLATE_TRAILER = 8
 
 #: Number of Frames above this is refused: no radiograph has as many.
 MAX_FRAMES = 10_000
@@ -171,13 +174,19 @@ class _Reader:
         if pos + n > self.size:
             raise InvalidInstance(f"truncated: {what} at offset {pos} needs {n} bytes, only "
                                   f"{self.size - pos} left {self.where} (size {self.size})")
-        return self.fp.read(n)
+        data = self.fp.read(n)
+        if len(data) < n:  # a stream whose size is not known yet (:func:`_check_pixel_count`)
+            raise InvalidInstance(f"truncated: {what} at offset {pos} needs {n} bytes, only "
+                                  f"{len(data)} left {self.where}")
+        return data
 
 
 class _Walker:
-    def __init__(self, reader: _Reader, syntax: _Syntax) -> None:
+    def __init__(self, reader: _Reader, syntax: _Syntax, *, header_only: bool = False) -> None:
         self.r = reader
         self.syntax = syntax
+        #: stop at the top-level Pixel Data (its header read, not its value)
+        self.header_only = header_only
         e = "<" if syntax.little else ">"
         self._tag = struct.Struct(f"{e}HH")
         self._tag_len = struct.Struct(f"{e}HHL")  # implicit VR header; also items
@@ -267,6 +276,8 @@ class _Walker:
                 raise InvalidInstance(f"{owner} of undefined length is never closed by an item "
                                       f"delimiter (FFFE,E00D): the {self._stream()} ends at {pos}")
             tag, vr, length, pos = self._header(implicit)
+            if top and self.header_only and (tag == PIXEL_DATA or tag in FLOAT_PIXEL_DATA):
+                return
             if tag == ITEM_DELIMITER:
                 if top or end is not None:
                     raise InvalidInstance(f"item delimiter (FFFE,E00D) at offset {pos} outside "
@@ -481,33 +492,6 @@ def _file_meta(r: _Reader) -> tuple[str, int]:
     return ts, r.tell()
 
 
-def _inflate(fp: BinaryIO, size: int) -> bytes:
-    """The deflated data set from the current position, inflated (at most MAX_INFLATED)."""
-    d = zlib.decompressobj(-zlib.MAX_WBITS)
-    out = io.BytesIO()
-    total = 0
-    try:
-        while chunk := d.unconsumed_tail or fp.read(1 << 20):
-            data = d.decompress(chunk, MAX_INFLATED + 1 - total)
-            total += len(data)
-            if total > MAX_INFLATED:
-                raise InvalidInstance(f"the deflated data set inflates to more than "
-                                      f"{MAX_INFLATED} bytes")
-            out.write(data)
-            if d.eof:
-                break
-    except zlib.error as exc:
-        raise InvalidInstance(f"the deflated data set does not inflate: {exc}") from exc
-    if not d.eof:
-        raise InvalidInstance(f"the deflated data set is truncated: its deflate stream does not "
-                              f"end before the end of the file ({size} bytes)")
-    trailing = len(d.unused_data) + len(fp.read(_DEFLATE_TRAILER + 1))
-    if trailing > _DEFLATE_TRAILER:
-        raise InvalidInstance(f"more than {_DEFLATE_TRAILER} bytes follow the end of the "
-                              "deflated data set")
-    return out.getvalue()
-
-
 # -- pixel data ----------------------------------------------------------------------------
 
 
@@ -538,17 +522,7 @@ def _check_pixels(w: _Walker, syntax: _Syntax, require_pixels: bool, ts: str) ->
     if bits != 1 and (bits % 8 or bits > 64):
         raise InvalidInstance(f"Bits Allocated (0028,0100) is {bits}, not 1 or a multiple of 8 "
                               "up to 64")
-    frames_text = _text(w.walk.values.get(_FRAMES))
-    frames = 1
-    if frames_text:
-        try:
-            frames = int(frames_text)
-        except ValueError:
-            raise InvalidInstance(f"Number of Frames (0028,0008) is not an integer "
-                                  f"({len(frames_text)} characters)") from None
-        if not 1 <= frames <= MAX_FRAMES:
-            raise InvalidInstance(f"Number of Frames (0028,0008) is {frames}, not 1 to "
-                                  f"{MAX_FRAMES}")
+    frames = _frames(w)
     at = f"Pixel Data (7FE0,0010) at offset {px.tag_offset}"
     if syntax.family == _NATIVE:
         if px.length == UNDEFINED:
@@ -586,6 +560,21 @@ def _check_pixels(w: _Walker, syntax: _Syntax, require_pixels: bool, ts: str) ->
         head = w.r.read(min(frag_length, 64), "the start of a fragment")
         where = f"frame {frame} (fragment {index + 1} at offset {frag_at})"
         _check_marker(syntax.family, head, frag_length, where, ts, samples, bits)
+
+
+def _frames(w: _Walker) -> int:
+    """Number of Frames (1 when absent)."""
+    frames_text = _text(w.walk.values.get(_FRAMES))
+    if not frames_text:
+        return 1
+    try:
+        frames = int(frames_text)
+    except ValueError:
+        raise InvalidInstance(f"Number of Frames (0028,0008) is not an integer "
+                              f"({len(frames_text)} characters)") from None
+    if not 1 <= frames <= MAX_FRAMES:
+        raise InvalidInstance(f"Number of Frames (0028,0008) is {frames}, not 1 to {MAX_FRAMES}")
+    return frames
 
 
 def _frame_starts(w: _Walker, bot_at: int, bot_length: int, fragments: list[tuple[int, int]],
@@ -649,11 +638,14 @@ def _check_marker(family: str, head: bytes, length: int, where: str, ts: str, sa
 # -- the check -----------------------------------------------------------------------------
 
 
-def check_instance(path: Path, *, require_pixels: bool = True) -> None:
+def check_instance(path: Path, *, require_pixels: bool = True, max_inflated: int = MAX_INFLATED,
+                   max_pixels: int | None = None) -> None:
     """Raise InvalidInstance if the Part 10 file at ``path`` is structurally broken.
 
     ``require_pixels``: the file is an image and must carry Pixel Data (the receiver accepts
-    images only). Raises UnsupportedInstance for a transfer syntax radtriage does not accept.
+    images only). Raises UnsupportedInstance for a transfer syntax radtriage does not accept,
+    and InstanceTooLarge for a deflated data set that inflates to more than ``max_inflated``
+    bytes or a deflated image of more than ``max_pixels`` pixels (None: no pixel limit).
     """
     with Path(path).open("rb") as fp:
         size = os.fstat(fp.fileno()).st_size
@@ -662,18 +654,45 @@ def check_instance(path: Path, *, require_pixels: bool = True) -> None:
         syntax = SYNTAXES.get(ts)
         if syntax is None:
             raise UnsupportedInstance(f"transfer syntax {ts[:64]!r} is not one radtriage accepts")
-        r.seek(start)
-        if syntax.deflated:
-            inflated = _inflate(fp, size)
-            r = _Reader(io.BytesIO(inflated), len(inflated), "in the inflated data set")
-        else:
-            r = _Reader(fp, size, "in the file")
+        if not syntax.deflated:
             r.seek(start)
-        at = r.tell()
-        if r.size - at >= 132 and r.read(132, "the start of the data set")[128:] == b"DICM":
-            raise InvalidInstance(f"the data set at offset {at} starts with a preamble and "
-                                  "'DICM': the sender sent a Part 10 file, not a data set")
-        r.seek(at)
-        walker = _Walker(r, syntax)
+            _check_data_set(r, syntax, require_pixels, ts)
+            return
+    with InflatedStream(path, start, limit=max_inflated) as stream:
+        if max_pixels is not None:
+            _check_pixel_count(stream, syntax, max_pixels)
+        inflated = _Reader(stream, stream.size(), "in the inflated data set")
+        inflated.seek(0)
+        _check_data_set(inflated, syntax, require_pixels, ts)
+
+
+def _check_data_set(r: _Reader, syntax: _Syntax, require_pixels: bool, ts: str) -> None:
+    """Walk the data set from the reader's position to its end, then check its pixels."""
+    at = r.tell()
+    if r.size - at >= 132 and r.read(132, "the start of the data set")[128:] == b"DICM":
+        raise InvalidInstance(f"the data set at offset {at} starts with a preamble and "
+                              "'DICM': the sender sent a Part 10 file, not a data set")
+    r.seek(at)
+    walker = _Walker(r, syntax)
+    walker.dataset(None, 0, True, "the data set", syntax.implicit)
+    _check_pixels(walker, syntax, require_pixels, ts)
+
+
+def _check_pixel_count(stream: InflatedStream, syntax: _Syntax, max_pixels: int) -> None:
+    """Refuse a deflated image of more than ``max_pixels`` from its header, inflating only the
+    elements before its Pixel Data. The full walk that follows checks everything, this header
+    included, against the inflated data set's true size."""
+    walker = _Walker(_Reader(stream, 1 << 62, "in the inflated data set"), syntax, header_only=True)
+    try:
         walker.dataset(None, 0, True, "the data set", syntax.implicit)
-        _check_pixels(walker, syntax, require_pixels, ts)
+        rows, columns = walker.us(_ROWS, "Rows"), walker.us(_COLUMNS, "Columns")
+        frames = _frames(walker)
+    except InvalidInstance:
+        return  # a broken header: the full walk names what is wrong, and where
+    finally:
+        stream.seek(0)
+    if rows and columns and rows * columns * frames > max_pixels:
+        raise InstanceTooLarge(
+            f"a deflated image of Rows {rows} x Columns {columns} x {frames} frame(s) = "
+            f"{rows * columns * frames} pixels, more than limits.max_pixels ({max_pixels}): "
+            "refused before its pixel data is inflated")

@@ -185,6 +185,35 @@ def memory_mb(pid: int) -> dict[str, float]:
             "peak": own["VmHWM"] / 1024}
 
 
+class PeakMemory(threading.Thread):
+    """Samples :func:`memory_mb` of a process every 20 ms while it runs: the highest ``key``
+    (``own_rss``: the process alone; ``rss``: with its child processes), MB."""
+
+    def __init__(self, pid: int, key: str = "own_rss") -> None:
+        super().__init__(daemon=True)
+        self.pid, self.key, self.peak, self._done = pid, key, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.peak = max(self.peak, memory_mb(self.pid)[self.key])
+            except OSError:  # a child went away between listing and reading
+                continue
+            self._done.wait(0.02)
+
+    def stop(self) -> float:
+        self._done.set()
+        self.join()
+        return self.peak
+
+    def __enter__(self) -> "PeakMemory":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
 class RoundResult:
     """One load round: what was sent and answered, how long it took, memory after it."""

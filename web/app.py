@@ -20,7 +20,10 @@ Pages (HTML, server-rendered) and their JSON twins:
 =====================================  ==========================================================
 
 Everything but ``/healthz`` and the login page needs a session (``/login``) or a bearer token;
-every POST made with a session cookie needs its CSRF token (:mod:`web.auth`).
+every POST made with a session cookie needs its CSRF token (:mod:`web.auth`). Bodies are read
+by :mod:`web.forms`, after those checks and within limits; an ID in a path that names nothing
+(zero, negative, too large for the database, not a number) is a 404. ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` are believed from ``web.trusted_proxies`` only.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -45,12 +51,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from daemon import metrics as daemon_metrics
 from db import Database, Study, utcnow
 from web import queries
 from web.auth import AuthError, LoginThrottle, SessionSigner, TokenChecker, same_token, verify_secret
+from web.forms import FRAMING_BYTES, CloseUnreadBody, FormError, read_multipart, read_small_form
 from web.masking import masked_config
+from web.sessions import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,13 @@ _SECURITY_HEADERS = {
                                "script-src 'self'; form-action 'self'; frame-ancestors 'none'",
     "Cache-Control": "no-store",
 }
+
+#: the largest ID a path may name: the database's keys are INTEGER, 32 bits on PostgreSQL (a
+#: larger number made SQLite raise OverflowError, a 500, and PostgreSQL refuse the query)
+MAX_ID = 2 ** 31 - 1
+#: a database key in a path; anything else is a 404 (:func:`create_app`'s validation handler)
+DbId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+_ID_NAMES = {"study_id": "study", "score_id": "view", "delivery_id": "delivery"}
 
 
 @dataclass
@@ -87,6 +103,7 @@ class WebContext:
 class Principal:
     kind: str  # session | token
     csrf: str | None = None
+    sid: str | None = None  # the session's id (web.sessions), for logging out
 
 
 class _NeedLogin(Exception):
@@ -113,6 +130,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         log.info("web.secret_key is not set: sessions are signed with a random key and end when "
                  "radtriage restarts")
     signer = SessionSigner(key, web.session_lifetime_s, web.password_hash)
+    sessions = SessionStore(ctx.db, web.session_lifetime_s, ctx.clock)
     tokens = TokenChecker(web.token_hash)
     throttle = LoginThrottle()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -159,6 +177,21 @@ def create_app(ctx: WebContext) -> FastAPI:
             "status": exc.status_code, "detail": exc.detail, "user": None, "csrf": None},
             status_code=exc.status_code)
 
+    @app.exception_handler(FormError)
+    async def _form_error(request: Request, exc: FormError):  # type: ignore[no-untyped-def]
+        return await _http_error(request, StarletteHTTPException(exc.status, str(exc)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        bad = [e for e in exc.errors() if tuple(e.get("loc", ()))[:1] == ("path",)]
+        if not bad:
+            return await request_validation_exception_handler(request, exc)
+        name = str(bad[0]["loc"][-1])
+        value = str(request.path_params.get(name, ""))[:40]
+        return await _http_error(request, StarletteHTTPException(404, (
+            f"there is no {_ID_NAMES.get(name, name)} {value!r}: an ID is a whole number from 1 "
+            f"to {MAX_ID}")))
+
     @app.exception_handler(SQLAlchemyError)
     async def _db_error(request: Request, exc: SQLAlchemyError):  # type: ignore[no-untyped-def]
         daemon_metrics.ERRORS.labels("database").inc()
@@ -180,19 +213,31 @@ def create_app(ctx: WebContext) -> FastAPI:
             session = signer.check(request.cookies.get(SESSION_COOKIE))
         except AuthError as exc:
             raise _NeedLogin(api, str(exc)) from exc
-        return Principal("session", session.csrf)
+        if not sessions.is_open(session.sid):
+            raise _NeedLogin(api, "the session has ended (logged out or expired): log in again")
+        return Principal("session", session.csrf, session.sid)
 
-    async def csrf_checked(request: Request, who: Principal = Depends(principal)) -> Principal:
+    def _check_csrf(who: Principal, given: str | None) -> Principal:
         if who.kind == "token":
             return who  # no cookie, nothing to forge
-        given = request.headers.get("x-csrf-token")
-        if given is None and request.headers.get("content-type", "").startswith(
-                ("multipart/form-data", "application/x-www-form-urlencoded")):
-            given = (await request.form()).get("csrf_token")
-        if not same_token(given if isinstance(given, str) else None, who.csrf or ""):
+        if not same_token(given, who.csrf or ""):
             raise HTTPException(403, "the form is stale or came from another site (CSRF token "
                                      "missing or wrong): reload the page and try again")
         return who
+
+    async def csrf_checked(request: Request, who: Principal = Depends(principal)) -> Principal:
+        """A small form's POST: the token from the X-CSRF-Token header or the form (read here,
+        at most web.forms.SMALL_FORM_BYTES)."""
+        given = request.headers.get("x-csrf-token")
+        if given is None and who.kind == "session" and request.headers.get("content-type"):
+            given = (await read_small_form(request)).get("csrf_token")
+        return _check_csrf(who, given)
+
+    def upload_checked(request: Request, who: Principal = Depends(principal)) -> Principal:
+        """An upload's POST: the token from the header or the query, so that it is checked before
+        a byte of the body is read."""
+        return _check_csrf(who, request.headers.get("x-csrf-token")
+                           or request.query_params.get("csrf_token"))
 
     def page(request: Request, name: str, who: Principal, **data: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"user": who, "csrf": who.csrf, **data})
@@ -229,8 +274,15 @@ def create_app(ctx: WebContext) -> FastAPI:
         return response
 
     @app.post("/login")
-    def login(request: Request, password: str = Form(""), csrf_token: str = Form(""),
-              next: str = Form("/")) -> Response:  # noqa: A002
+    async def login(request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        form = await read_small_form(request)  # no session yet to check first: a few KB at most
+        return await run_in_threadpool(_login, request, form.get("password", ""),
+                                       form.get("csrf_token", ""), form.get("next", "/"))
+
+    def _login(request: Request, password: str, csrf_token: str, next: str) -> Response:  # noqa: A002
+        # the client's address: the connection's peer, or what a web.trusted_proxies proxy says
         who = request.client.host if request.client else "?"
         target = _safe_next(next)
 
@@ -257,7 +309,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         throttle.succeeded(who)
         WEB_LOGINS.labels("succeeded").inc()
         log.info("web: admin logged in from %s", who)
-        cookie, _ = signer.issue()
+        cookie, _ = signer.issue(sessions.open())
         response = RedirectResponse(target, status_code=303)
         _set_cookie(response, SESSION_COOKIE, cookie, web, max_age=int(web.session_lifetime_s))
         response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -265,6 +317,8 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     @app.post("/logout")
     def logout(who: Principal = Depends(csrf_checked)) -> Response:
+        if who.sid is not None:
+            sessions.close(who.sid)  # the cookie is refused from now on, on every node
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
@@ -297,17 +351,17 @@ def create_app(ctx: WebContext) -> FastAPI:
             raise HTTPException(404, str(exc)) from exc
 
     @app.get("/studies/{study_id}", response_class=HTMLResponse)
-    def study_page(request: Request, study_id: int, who: Principal = Depends(principal)) -> HTMLResponse:
+    def study_page(request: Request, study_id: DbId, who: Principal = Depends(principal)) -> HTMLResponse:
         study = _study(study_id)
         return page(request, "study.html", who, study=study,
                     has_summary=queries.summary_path(ctx.db, study_id) is not None)
 
     @app.get("/api/studies/{study_id}")
-    def study_api(study_id: int, who: Principal = Depends(principal)) -> dict[str, Any]:
+    def study_api(study_id: DbId, who: Principal = Depends(principal)) -> dict[str, Any]:
         return _study(study_id)
 
     @app.get("/studies/{study_id}/views/{score_id}.png")
-    def view_picture(study_id: int, score_id: int, who: Principal = Depends(principal)) -> Response:
+    def view_picture(study_id: DbId, score_id: DbId, who: Principal = Depends(principal)) -> Response:
         from dicom_io.pixels import DecodeOptions
         from web.render import PictureUnavailable, stored_view_overlay
 
@@ -335,7 +389,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return Response(cached, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/studies/{study_id}/summary.png")
-    def summary_picture(study_id: int, who: Principal = Depends(principal)) -> Response:
+    def summary_picture(study_id: DbId, who: Principal = Depends(principal)) -> Response:
         from web.render import PictureUnavailable, summary_png
 
         rel = queries.summary_path(ctx.db, study_id)
@@ -376,7 +430,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return out
 
     @app.post("/queue/{delivery_id}/retry")
-    def retry_form(delivery_id: int, who: Principal = Depends(csrf_checked)) -> Response:
+    def retry_form(delivery_id: DbId, who: Principal = Depends(csrf_checked)) -> Response:
         try:
             out = _retry(delivery_id)
         except HTTPException as exc:
@@ -385,7 +439,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         return RedirectResponse(f"/queue?done={quote(msg)}", status_code=303)
 
     @app.post("/api/queue/{delivery_id}/retry")
-    def retry_api(delivery_id: int, who: Principal = Depends(csrf_checked)) -> dict[str, Any]:
+    def retry_api(delivery_id: DbId, who: Principal = Depends(csrf_checked)) -> dict[str, Any]:
         return _retry(delivery_id)
 
     # -- model and config --------------------------------------------------------------------
@@ -428,22 +482,19 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     # -- upload ------------------------------------------------------------------------------
 
-    async def _read_upload(request: Request, files: list[UploadFile]):  # type: ignore[no-untyped-def]
+    async def _read_upload(request: Request):  # type: ignore[no-untyped-def]
+        """The uploaded files and the keep box, read as they stream (the caller is checked)."""
         from web.upload import UploadedFile
 
         limit = int(web.upload_max_mb * 1024 * 1024)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit + 64 * 1024:
-            raise HTTPException(413, f"the upload is larger than web.upload_max_mb ({web.upload_max_mb:g} MB)")
-        out, total = [], 0
-        for f in files:
-            data = await f.read()
-            total += len(data)
-            if total > limit:
-                raise HTTPException(413, f"the upload is larger than web.upload_max_mb ({web.upload_max_mb:g} MB)")
-            if data or f.filename:  # a browser sends an empty, nameless part when none is chosen
-                out.append(UploadedFile(f.filename or "file", data))
-        return out
+        too_large = f"the upload is larger than web.upload_max_mb ({web.upload_max_mb:g} MB)"
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit + FRAMING_BYTES:
+            raise HTTPException(413, too_large)  # said up front: nothing read
+        form = await read_multipart(request, limit=limit, too_large=too_large)
+        keep = form.fields.get("keep", "").strip().lower() in ("true", "on", "1", "yes")
+        # a browser sends an empty, nameless part when no file is chosen
+        return [UploadedFile(f.filename or "file", f.data) for f in form.files if f.data or f.filename], keep
 
     def _score(uploaded, keep: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
         from web.upload import UploadError, score_upload, upload_pool
@@ -467,11 +518,10 @@ def create_app(ctx: WebContext) -> FastAPI:
                     limit_mb=web.upload_max_mb, loaded=ctx.scorer is not None)
 
     @app.post("/upload", response_class=HTMLResponse)
-    async def upload(request: Request, files: list[UploadFile] = File(default=[]),
-                     keep: bool = Form(False), who: Principal = Depends(csrf_checked)) -> HTMLResponse:
+    async def upload(request: Request, who: Principal = Depends(upload_checked)) -> HTMLResponse:
         from starlette.concurrency import run_in_threadpool
 
-        uploaded = await _read_upload(request, files)
+        uploaded, keep = await _read_upload(request)
         try:
             result = await run_in_threadpool(_score, uploaded, keep)
             error = None
@@ -481,13 +531,17 @@ def create_app(ctx: WebContext) -> FastAPI:
                     limit_mb=web.upload_max_mb, loaded=ctx.scorer is not None)
 
     @app.post("/api/upload")
-    async def upload_api(request: Request, files: list[UploadFile] = File(default=[]),
-                         keep: bool = Form(False), who: Principal = Depends(csrf_checked)) -> dict[str, Any]:
+    async def upload_api(request: Request, who: Principal = Depends(upload_checked)) -> dict[str, Any]:
         from starlette.concurrency import run_in_threadpool
 
-        uploaded = await _read_upload(request, files)
+        uploaded, keep = await _read_upload(request)
         return await run_in_threadpool(_score, uploaded, keep)
 
+    # outermost first: the proxy's word on the client before anything reads request.client;
+    # then Connection: close on an answer sent before the body was read (web.forms)
+    app.add_middleware(CloseUnreadBody)
+    if web.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(web.trusted_proxies))
     return app
 
 

@@ -4,11 +4,13 @@
   :func:`hash_secret` makes one (``radtriage web-password``), :func:`verify_secret` checks a
   candidate in constant time.
 * A browser logs in with the password and gets a session cookie: a payload signed with
-  ``web.secret_key`` (itsdangerous) holding its CSRF token, the time it was issued and a
-  fingerprint of the password hash. It is refused after ``web.session_lifetime_s`` (absolute,
-  not sliding) and as soon as the password hash changes. The cookie is HttpOnly and
-  SameSite=Strict; every POST must also carry the session's CSRF token (form field
-  ``csrf_token`` or header ``X-CSRF-Token``).
+  ``web.secret_key`` (itsdangerous) holding the session's id, its CSRF token, the time it was
+  issued and a fingerprint of the password hash. It is refused after
+  ``web.session_lifetime_s`` (absolute, not sliding), as soon as the password hash changes,
+  and once the session's row in the database is gone (logged out: :mod:`web.sessions`). The
+  cookie is HttpOnly and SameSite=Strict; every POST must also carry the session's CSRF token
+  (header ``X-CSRF-Token``, or form field ``csrf_token``; an upload's in the query, so it is
+  checked before the body is read).
 * Scripts and Prometheus send ``Authorization: Bearer TOKEN`` (``web.token_hash``); a request
   that carries no cookie cannot be forged cross-site, so it needs no CSRF token.
 * Repeated failed logins from one address are refused for a while (:class:`LoginThrottle`).
@@ -78,6 +80,8 @@ class Session:
     user: str
     csrf: str
     issued_at: float
+    #: the id the server's session row is named by (:mod:`web.sessions`)
+    sid: str
 
 
 class SessionSigner:
@@ -90,9 +94,11 @@ class SessionSigner:
         self.lifetime_s = lifetime_s
         self._pw = fingerprint(password_hash)
 
-    def issue(self, user: str = "admin") -> tuple[str, Session]:
-        session = Session(user=user, csrf=secrets.token_urlsafe(32), issued_at=time.time())
-        cookie = self._serializer.dumps({"u": session.user, "c": session.csrf, "pw": self._pw})
+    def issue(self, sid: str, user: str = "admin") -> tuple[str, Session]:
+        """A cookie for the session ``sid`` (opened on the server by the caller)."""
+        session = Session(user=user, csrf=secrets.token_urlsafe(32), issued_at=time.time(), sid=sid)
+        cookie = self._serializer.dumps({"u": session.user, "c": session.csrf, "pw": self._pw,
+                                         "s": sid})
         return cookie, session
 
     def check(self, cookie: str | None) -> Session:
@@ -107,7 +113,10 @@ class SessionSigner:
             raise AuthError("the session is not valid: log in again") from exc
         if not isinstance(data, dict) or data.get("pw") != self._pw:
             raise AuthError("the password changed since this login: log in again")
-        return Session(user=str(data.get("u")), csrf=str(data.get("c")), issued_at=issued.timestamp())
+        if not isinstance(data.get("s"), str) or not data["s"]:  # signed before sessions had ids
+            raise AuthError("the session is not valid: log in again")
+        return Session(user=str(data.get("u")), csrf=str(data.get("c")), issued_at=issued.timestamp(),
+                       sid=data["s"])
 
 
 def same_token(given: str | None, expected: str) -> bool:

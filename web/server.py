@@ -52,8 +52,12 @@ class WebServer:
     def start(self, timeout_s: float = 15.0) -> None:
         """Bind (OSError when the port is taken), then serve in a thread; return once serving."""
         self._sock = bind(self.host, self.requested_port)
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 (its
+        # default forwarded_allow_ips), and any local client could pose as another address;
+        # the app believes web.trusted_proxies only (web.app.create_app)
         config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, server_header=False)
+                                timeout_graceful_shutdown=5, server_header=False,
+                                proxy_headers=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="radtriage-web", daemon=True)

@@ -11,6 +11,15 @@ Nothing is kept: the files live in a temporary folder for the length of the requ
 pictures go back inside the page. Only when the user asks (``keep``) are the files, the result
 and the pictures written under ``storage.path/uploads/``. Nothing about the files (names,
 headers) is logged.
+
+Nothing is decoded before its size is known to be within ``limits.max_pixels``: a PNG's size is
+read from its IHDR chunk and a JPEG's from its frame header (:func:`image_size`); a DICOM
+file's header is read by :func:`dicom_io.deflate.read_file` (a deflated data set inflated as a
+stream, only as far as the header, under ``limits.max_instance_mb``) and its size checked by
+:func:`dicom_io.pixels.check_header` before any pixel is read, as for a received view. A
+389 KB PNG of 20000 x 20000 pixels raised the process's peak memory by 770 MB when OpenCV
+decoded it, a 250 KB deflated DICOM of 16000 x 16000 zeros by 500 MB when pydicom inflated it;
+now each is refused, naming the limit, for under 2 MB.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import json
 import logging
 import re
 import secrets
+import struct
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -59,20 +69,84 @@ def kind_of(data: bytes) -> str | None:
     return None
 
 
+#: the SOFn markers of ISO/IEC 10918-1 (all but DHT C4, JPG C8 and DAC CC), and SOF55 (JPEG-LS)
+_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
+#: markers without a length: TEM, RST0-7, SOI
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(rows, columns) a PNG's IHDR or a JPEG's frame header declares, read without decoding;
+    UploadError when the header cannot be read."""
+    if data[:8] == _PNG:
+        if len(data) < 24 or data[8:16] != b"\x00\x00\x00\rIHDR":  # libpng wants IHDR first
+            raise UploadError("its size cannot be read: the PNG does not start with its IHDR chunk")
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    raise UploadError("its size cannot be read: not a PNG or JPEG file")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The first frame header's size, walking the markers as libjpeg does (bytes before a
+    marker's FF skipped, FF fill bytes skipped, segments skipped by their length), so that the
+    size checked is the size the decoder will allocate."""
+    at = 2
+    while True:
+        ff = data.find(b"\xff", at)
+        if ff < 0:
+            break
+        at = ff + 1
+        while at < len(data) and data[at] == 0xFF:
+            at += 1
+        if at >= len(data):
+            break
+        marker = data[at]
+        at += 1
+        if marker == 0x00 or marker in _STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):  # EOI or SOS before any frame header
+            break
+        if at + 2 > len(data):
+            break
+        length = struct.unpack(">H", data[at:at + 2])[0]
+        if marker in _SOF:
+            if length < 8 or at + 7 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[at + 3:at + 7])
+            if height == 0:  # defined later by a DNL marker, which libjpeg does not support
+                raise UploadError("its size cannot be read: the JPEG frame header has no height")
+            return height, width
+        at += length
+    raise UploadError("its size cannot be read: no JPEG frame header (SOF) before the scan")
+
+
 def prepare_image_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions) -> PreparedView:
-    """A PNG or JPEG as the model's input with its geometry and thumbnail; never raises."""
+    """A PNG or JPEG as the model's input with its geometry and thumbnail; never raises. Its
+    size is checked against ``limits.max_pixels`` before it is decoded."""
     import cv2
 
     from dicom_io.geometry import ViewGeometry
     from dicom_io.pixels import to_model_input_with_crop
 
     try:
-        grey = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-    except (cv2.error, OSError) as exc:
+        data = Path(path).read_bytes()
+        rows, cols = image_size(data)
+    except OSError as exc:
+        return PreparedView(None, None, f"cannot read the image: {exc.strerror or exc}")
+    except UploadError as exc:
+        return PreparedView(None, None, f"cannot decode the image: {exc}")
+    if rows * cols > opts.max_pixels:
+        return PreparedView(None, None, f"{rows} x {cols} pixels exceeds limits.max_pixels "
+                                        f"({opts.max_pixels})")
+    try:
+        grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as exc:
         return PreparedView(None, None, f"cannot decode the image: {exc}")
     if grey is None or grey.size == 0:
         return PreparedView(None, None, "cannot decode the image: not a PNG or JPEG OpenCV can read")
-    if grey.size > opts.max_pixels:
+    if grey.size > opts.max_pixels:  # the header said otherwise: never trust one number alone
         return PreparedView(None, None, f"{grey.shape[0]} x {grey.shape[1]} pixels exceeds "
                                         f"limits.max_pixels ({opts.max_pixels})")
     try:
@@ -114,10 +188,11 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
     """Score the uploaded files; one entry per study (DICOM grouped by Study Instance UID, the
     PNG and JPEG files together as one study), each view with its overlay picture (PNG, base64).
     ``keep``: also write everything under ``storage.path/uploads/``."""
-    from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     from daemon.worker import score_views
+    from dicom_io.deflate import read_file
+    from dicom_io.errors import DicomIOError
     from dicom_io.bodypart import study_type_of_study
     from inference.policy import is_abnormal, priority_for, study_probability
     from web.render import overlay, png, report_for
@@ -128,6 +203,7 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
     model = f"{card.display_name} {card.version}"
     groups: "OrderedDict[str, list[tuple[int, str, Path, str]]]" = OrderedDict()
     refused: list[dict[str, Any]] = []
+    max_inflated = int(config.limits.max_instance_mb * 1024 * 1024)
     with tempfile.TemporaryDirectory(prefix="radtriage-upload-") as tmp:
         for i, f in enumerate(files):
             kind = kind_of(f.data)
@@ -137,11 +213,14 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
             path = Path(tmp) / f"{i}.{'dcm' if kind == 'dicom' else 'png' if kind == 'png' else 'jpg'}"
             path.write_bytes(f.data)
             if kind == "dicom":
-                try:
-                    ds = dcmread(path, stop_before_pixels=True,
-                                 specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
+                try:  # the header only; a deflated one inflated as a stream, as far as the header
+                    ds = read_file(path, stop_before_pixels=True, limit=max_inflated)
                     key, uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-                except (OSError, InvalidDicomError, AttributeError, ValueError) as exc:
+                except DicomIOError as exc:  # a broken deflate stream, or one that inflates too far
+                    refused.append({"name": f.name, "error": f"not a readable DICOM file: {exc}"})
+                    continue
+                except (OSError, InvalidDicomError, AttributeError, ValueError, TypeError, KeyError,
+                        EOFError, struct.error, OverflowError) as exc:
                     refused.append({"name": f.name, "error": f"not a readable DICOM file: {exc}"})
                     continue
             else:

@@ -275,14 +275,49 @@ def test_sender_and_naive_time() -> None:
     assert segments(er7)[-1].split("|")[1].split("^")[1] == "TRIAGE"  # ZDS-1.2
 
 
-def test_values_hl7apy_refuses_are_value_errors_without_the_value() -> None:
-    with pytest.raises(ValueError, match=r"hl7apy refused a value of the ORM\^O01 \(MaxLengthReached\)"):
-        build_order_update(ORDER, ABNORMAL_HIGH, control_id="RT-9", now=NOW,
-                           sender=Sender(sending_application="A" * 21))
-    with pytest.raises(ValueError) as info:
-        build_result(dataclasses.replace(ORDER, patient_id="P" * 300), ABNORMAL_HIGH,
-                     control_id="RT-9", now=NOW)
-    assert "PPP" not in str(info.value) and info.value.__cause__ is None
+def test_values_longer_than_their_field_are_cut_to_it() -> None:
+    """Issue 17: a value hl7apy would refuse as too long (an IS of 20, an ST of 199) is cut to
+    the field's length rather than costing the study its message."""
+    er7 = build_order_update(ORDER, ABNORMAL_HIGH, control_id="RT-9", now=NOW,
+                             sender=Sender(sending_application="A" * 21))
+    assert_valid(er7)
+    assert seg(er7, "MSH").msh_3.to_er7() == "A" * 20
+    er7 = build_result(dataclasses.replace(ORDER, patient_id="P" * 300), ABNORMAL_HIGH,
+                       control_id="RT-9", now=NOW)
+    assert_valid(er7)
+    assert seg(er7, "PID").pid_3.cx_1.to_er7() == "P" * 199
+
+
+def test_several_ids_and_names_are_repetitions_and_line_separators_spaces() -> None:
+    """Issue 17: never the repr of a list; a name's ideographic and phonetic groups are
+    repetitions of their own (XPN-8 I, P); NEL and U+2028 end no line in the RIS."""
+    order = dataclasses.replace(
+        ORDER, patient_id=("P1", "P\u20282"),
+        patient_name=("Yamada^Tarou=山田^太郎=やまだ^たろう", "DOE\x85^JOHN"))
+    er7 = build_result(order, ABNORMAL_HIGH, control_id="RT-8", now=NOW)
+    assert_valid(er7)
+    pid = next(s for s in segments(er7) if s.startswith("PID|")).split("|")
+    assert pid[3] == "P1^^^HOSP~P 2"
+    assert pid[5] == "Yamada^Tarou^^^^^^A~山田^太郎^^^^^^I~やまだ^たろう^^^^^^P~DOE^JOHN"
+    assert "\u2028" not in er7 and "\x85" not in er7
+
+
+def test_values_hl7apy_refuses_are_value_errors_without_the_value(monkeypatch) -> None:
+    import dicom_io.hl7 as hl7
+    from hl7apy.exceptions import MaxLengthReached
+
+    real = hl7.datatype_factory
+
+    def refuse(datatype, value, **kw):  # type: ignore[no-untyped-def]
+        if value == "PAT-0042":
+            raise MaxLengthReached(value, 5)
+        return real(datatype, value, **kw)
+
+    monkeypatch.setattr(hl7, "datatype_factory", refuse)
+    with pytest.raises(ValueError, match=r"hl7apy refused a value of the ORU\^R01 \(MaxLengthReached\)") \
+            as info:
+        build_result(ORDER, ABNORMAL_HIGH, control_id="RT-9", now=NOW)
+    assert "PAT-0042" not in str(info.value) and info.value.__cause__ is None
 
 
 @pytest.mark.parametrize("control_id", ["", "x" * 21, "a|b", "a b", None])

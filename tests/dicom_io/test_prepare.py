@@ -105,3 +105,23 @@ def test_workers_log_as_the_daemon_does(views: list[Path], tmp_path: Path) -> No
         assert all(v.tensor is not None for v in pool.map(views[:2]))
     lines = log_file.read_text(encoding="utf-8").splitlines()
     assert any(f"WARNING dicom_io.prepare [study=-] preparing {views[0].name}" in line for line in lines)
+
+
+def test_watch_parent_exits_once_the_parent_is_gone() -> None:
+    """Issue 17, finding 18 (the pure part): the watch calls exit when getppid() changes."""
+    import os
+    import threading
+
+    from dicom_io.prepare import watch_parent
+
+    exited = threading.Event()
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    watch_parent(os.getppid(), interval_s=0.01, exit=fake_exit)
+    assert not exited.wait(0.2)  # our parent is alive: nothing happens
+    watch_parent(-1, interval_s=0.01, exit=fake_exit)  # a parent that is not ours any more
+    assert exited.wait(10) and codes == [1]

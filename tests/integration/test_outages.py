@@ -250,3 +250,60 @@ def test_full_disk_refuses_new_studies_while_scoring_and_sending_go_on(service, 
         assert result.analysed and result.priority == "HIGH"
     free["bytes"] = 10 << 30  # room again: the PACS retries and the second study goes in
     assert set(_send(port, [second]).log.statuses.values()) == {0}
+
+
+@pytest.mark.postgres
+def test_a_database_outage_does_not_flood_the_log(tmp_path: Path, pg_url: str) -> None:
+    """Issue 17, finding 17: with the database down for 30 s the log got about four tracebacks a
+    second (958 KB). Each repeated error is now written once with its traceback, then as a
+    count at a back-off rate, while the C-STOREs still get 0x0110."""
+    import logging
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from daemon.logs import setup_logging
+
+    url = make_url(pg_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432)).start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    log_file = tmp_path / "radtriage.log"
+    root = logging.getLogger()
+    before = list(root.handlers)
+    setup_logging("INFO", file=log_file)
+    svc = Service(parse_config(_service_config(
+        tmp_path, free_port(), [], database={"url": proxied},
+        completion={"release_grace_s": 0.2, "stable_s": 30, "sweep_interval_s": 0.1},
+        dispatch={"interval_s": 0.1}), base=tmp_path, environ={}), scorer=FixedScorer(0.3))
+    files = write_study(tmp_path / "in", views=12, rows=32, columns=32)
+    try:
+        svc.start()
+        proxy.cut()
+        outage_s, sent, statuses = 6.0, 0, []
+        start = time.monotonic()
+        while time.monotonic() - start < outage_s:
+            sender = _send(svc.receiver.port, [[files[sent % len(files)]]])
+            statuses += list(sender.log.statuses.values())
+            sent += 1
+            time.sleep(0.2)
+        assert statuses and set(statuses) == {0x0110}
+        proxy.start()
+        wait_for(lambda: _send(svc.receiver.port, [[files[0]]]).log.statuses
+                 and True, 30, "the database to be back")
+    finally:
+        svc.stop()
+        proxy.cut()
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
+                h.close()
+        logging.captureWarnings(False)
+    text = log_file.read_text()
+    failures = [line for line in text.splitlines() if " ERROR " in line or " WARNING " in line]
+    print(f"\n{sent} C-STOREs in a {outage_s:g} s outage: {text.count('Traceback')} traceback(s), "
+          f"{len(failures)} warning/error line(s), {len(text.encode())} bytes of log")
+    # a handful of kinds (C-STORE refused, sweep, dispatch, scoring claim), each written at
+    # 0, ~1, ~3 s and with its traceback only the first time
+    assert text.count("Traceback") <= 6
+    assert len(failures) <= 30
+    assert "repeated" in text

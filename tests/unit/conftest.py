@@ -43,3 +43,4 @@ def restore_logging() -> Iterator[None]:
     for n, lvl in levels.items():
         logging.getLogger(n).setLevel(lvl)
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS, pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = identifiers
+    logging.captureWarnings(False)

@@ -176,7 +176,8 @@ def test_an_inference_error_reports_that_study_not_analysed_and_the_next_goes_on
     with database.session() as s:
         bad, good = s.get(StudyResult, first), s.get(StudyResult, second)
         assert not bad.analysed and bad.probability is None and bad.priority == "ROUTINE"
-        assert "inference failed: RuntimeError: CUDA error" in bad.reason
+        # the error's type and where it was raised; its message only with logging.phi
+        assert "inference failed: RuntimeError in " in bad.reason and "CUDA" not in bad.reason
         assert all("inference failed" in sc.error for sc in bad.scores)
         assert bad.series_description.startswith("AI TRIAGE: NOT ANALYSED")
         sr = pydicom.dcmread(tmp_path / "storage" / bad.sr_path)  # the SR says so, and is sent
@@ -185,7 +186,7 @@ def test_an_inference_error_reports_that_study_not_analysed_and_the_next_goes_on
             Delivery.result_id == bad.id))} >= {"SR"}
         assert good.analysed and good.probability == pytest.approx(0.1)
         failed = s.get(Study, bad.study_id)
-        assert failed.state_reason.startswith("inference failed: RuntimeError: CUDA error")
+        assert failed.state_reason.startswith("inference failed: RuntimeError in ")
         assert s.scalars(select(Event.detail).where(Event.study_id == failed.id,
                                                     Event.kind == EventKind.FAILED)).all() == [
             "not analysed: " + failed.state_reason]

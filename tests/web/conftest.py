@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -157,3 +158,141 @@ def fresh_site(db_url: str, tmp_path: Path) -> Iterator[Site]:
         yield seed(config, db, tmp_path)
     finally:
         db.dispose()
+
+
+# -- a real uvicorn server, and a client that streams a request body as an attacker would --------
+
+
+class BodyCounter:
+    """An ASGI wrapper that counts the request body bytes the app took from the server."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.received = app, 0
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        async def counted():  # type: ignore[no-untyped-def]
+            message = await receive()
+            if message["type"] == "http.request":
+                self.received += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+@contextmanager
+def serve(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """``app`` served by radtriage's own WebServer (uvicorn) on a free loopback port."""
+    from tests.conftest import free_port
+    from web.server import WebServer
+
+    server = WebServer(app, "127.0.0.1", free_port())
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def site_app(site: Site, **ctx_kwargs):  # type: ignore[no-untyped-def]
+    from tests.fakes import HeatmapScorer
+    from web.app import WebContext, create_app
+
+    kwargs = {"scorer": HeatmapScorer(0.9)}
+    kwargs.update(ctx_kwargs)
+    return create_app(WebContext(config=site.config, db=site.db, **kwargs))
+
+
+def with_web(site: Site, **web) -> Site:  # type: ignore[no-untyped-def]
+    """The same site with some ``web`` settings changed."""
+    config = site.config.model_copy(update={"web": site.config.web.model_copy(update=web)})
+    return site.__class__(**{**site.__dict__, "config": config})
+
+
+@dataclass
+class StreamedPost:
+    status: int | None  # None: no response came
+    head: bytes  # the response's status line and headers
+    body: bytes
+    sent: int  # body bytes the client managed to send in all
+    sent_when_answered: int | None  # body bytes sent when the response arrived
+    finished: bool  # the whole body was sent
+
+
+def streamed_post(url: str, path: str, *, headers: dict[str, str], total: int,
+                  part_headers: bytes, chunk: int = 64 * 1024, boundary: str = "b0undary",
+                  keep_sending: bool = False, timeout_s: float = 60.0) -> StreamedPost:
+    """POST a multipart body of one file part of ``total`` zero bytes with chunked transfer
+    encoding (no Content-Length), reading the response while it sends, as a browser or an
+    attacker would. Stops sending once the response has come (``keep_sending``: only once the
+    server closed the connection or the body is all sent)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=timeout_s)
+    head = [f"POST {path} HTTP/1.1", f"Host: {u.hostname}:{u.port}", "Transfer-Encoding: chunked",
+            f"Content-Type: multipart/form-data; boundary={boundary}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+    got = bytearray()
+    answered = threading.Event()
+    state: dict[str, int | None] = {"sent": 0, "at": None}
+
+    def read() -> None:
+        try:
+            while data := sock.recv(65536):
+                got.extend(data)
+                end = got.find(b"\r\n\r\n")
+                if end >= 0 and state["at"] is None:
+                    state["at"] = state["sent"]
+                if end >= 0 and _complete(got, end):
+                    break
+        except OSError:
+            pass
+        if state["at"] is None and got:
+            state["at"] = state["sent"]
+        answered.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def send(data: bytes) -> bool:
+        try:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+        except OSError:  # the server closed: that is one way of refusing
+            return False
+        return True
+
+    preamble = b"--" + boundary.encode() + b"\r\n" + part_headers + b"\r\n\r\n"
+    finished = send(preamble)
+    zeros = bytes(chunk)
+    while finished and state["sent"] < total and (keep_sending or not answered.is_set()):
+        n = min(chunk, total - state["sent"])
+        if not send(zeros[:n]):
+            finished = False
+            break
+        state["sent"] += n
+    else:
+        if finished and not answered.is_set():
+            finished = send(b"\r\n--" + boundary.encode() + b"--\r\n")
+            try:
+                sock.sendall(b"0\r\n\r\n")
+            except OSError:
+                finished = False
+    finished = finished and state["sent"] >= total
+    answered.wait(timeout_s)
+    sock.close()
+    reader.join(5)
+    end = got.find(b"\r\n\r\n")
+    status = int(got.split(b" ", 2)[1]) if end > 0 else None
+    return StreamedPost(status, bytes(got[:end]) if end > 0 else b"", bytes(got[end + 4:]) if end > 0 else b"",
+                        int(state["sent"] or 0), state["at"], finished)
+
+
+def _complete(data: bytearray, end: int) -> bool:
+    """Whether ``data`` holds a whole response with a Content-Length body."""
+    import re
+
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", bytes(data[:end]))
+    return m is not None and len(data) - end - 4 >= int(m.group(1))

@@ -97,5 +97,29 @@ def test_log_in_see_the_high_study_first_and_its_heatmap(browser, dashboard, sql
         page.wait_for_selector("#dead")
         page.screenshot(path=str(ARTIFACTS / "queue.png"), full_page=True)
         assert page.locator("#dead tr[data-delivery-id]").count() == 1
+        # an upload through the form: its CSRF token travels in the form's address
+        page.click("#nav-upload")
+        page.set_input_files("#files", files=[{"name": "arm.png", "mimeType": "image/png",
+                                                "buffer": _png()}])
+        page.click("#score")
+        page.wait_for_selector("img.heatmap")
+        assert "90.0%" in page.text_content(".probability")
+        page.screenshot(path=str(ARTIFACTS / "upload.png"), full_page=True)
+        # logging out ends the session: the cookie the browser had no longer opens a page
+        cookie = next(c for c in page.context.cookies() if c["name"] == "radtriage_session")
+        page.click("form.logout button")
+        page.wait_for_selector("#password")
+        page.context.add_cookies([cookie])
+        page.goto(dashboard + "/queue", wait_until="load")
+        assert "/login" in page.url
     finally:
         page.close()
+
+
+def _png() -> bytes:
+    import cv2
+    import numpy as np
+
+    img = np.zeros((120, 90), np.uint8)
+    img[20:100, 30:60] = 200
+    return cv2.imencode(".png", img)[1].tobytes()
