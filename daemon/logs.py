@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,13 +51,62 @@ def escape_controls(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
+def withheld_traceback(exc: BaseException) -> str:
+    """A traceback of ``exc`` and of the exceptions it was raised from, every frame as Python
+    prints it, but each exception's message only as :func:`dicom_io.errors.describe` gives it
+    without patient data (its type, where it was raised, the attribute: a library's message may
+    quote a birth date or a name)."""
+    from dicom_io.errors import describe
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    blocks = []
+    for inner, outer in zip(reversed(chain), [*reversed(chain[:-1]), None]):
+        text = describe(inner)
+        if text == describe(inner, phi=True):
+            last = text
+        else:
+            last = f"{text} (message withheld: logging.phi is false)"
+        blocks.append("Traceback (most recent call last):\n"
+                      + "".join(traceback.format_tb(inner.__traceback__)) + last)
+        if outer is not None:
+            blocks.append("\nThe above exception was the direct cause of the following "
+                          "exception:\n" if outer.__cause__ is inner else
+                          "\nDuring handling of the above exception, another exception "
+                          "occurred:\n")
+    return "\n".join(blocks)
+
+
 class OneLineFormatter(logging.Formatter):
     """Every record's message on one line (:func:`escape_controls`); a traceback follows on
-    lines of its own as usual."""
+    lines of its own as usual, with each exception's message withheld unless ``phi``
+    (:func:`withheld_traceback`)."""
+
+    def __init__(self, fmt: str, *, phi: bool = False) -> None:
+        super().__init__(fmt)
+        self.phi = phi
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # logging caches a record's traceback text on the record for the next handler: another
+        # handler's (with the message in it) must not be reused here, nor ours there
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+    def formatException(self, ei: Any) -> str:
+        if self.phi or ei[1] is None:
+            return super().formatException(ei)
+        return withheld_traceback(ei[1])
 
 
 class _StudyDefault(logging.Filter):
@@ -166,7 +216,7 @@ def setup_logging(level: str = "INFO", *, phi: bool = False, file: Path | None =
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler._radtriage = True  # type: ignore[attr-defined]
-    handler.setFormatter(OneLineFormatter(FORMAT))
+    handler.setFormatter(OneLineFormatter(FORMAT, phi=phi))
     handler.addFilter(_StudyDefault())
     handler.addFilter(RepeatLimiter())
     if not phi:

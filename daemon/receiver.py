@@ -16,10 +16,10 @@ Hostile input (issue 17):
 * a deflated data set is inflated as a stream (:mod:`dicom_io.deflate`), never whole, at most
   ``limits.max_instance_mb``; a deflated image of more than ``limits.max_pixels`` is refused
   from its header (0xA700, not kept: it is not broken, only too large);
-* a SOP Instance UID belongs to one study and series for good: an instance that names it under
-  another is refused (0xC409, :class:`InstanceConflict`), kept in quarantine, and a
-  ``conflict`` event is added to the stored study. The same UIDs with other bytes replace
-  the stored copy (a corrected re-send), with a ``replaced`` event naming both SHA-256;
+* a SOP Instance UID belongs to one study, series and content for good: an instance that
+  names it under another study or series, or with other bytes, is refused (0xC409,
+  :class:`InstanceConflict`), kept in quarantine, and a ``conflict`` event is added to the
+  stored study (with both SHA-256 for other bytes); the stored copy is never touched;
 * identifiers from the network (calling AE title, UIDs, reasons that quote them) are logged
   with ``%r`` or escaped (:func:`daemon.logs.escape_controls`), in the log and in the
   quarantine note alike: a newline or a NUL in a UID cannot forge a line.
@@ -450,14 +450,14 @@ class Receiver:
     def _store(self, header: ReceivedHeader, tmp: Path, size: int, event: evt.Event, calling: str) -> int:
         """Store a checked instance under its UIDs and record it.
 
-        A SOP Instance UID stored under another study or series is refused
-        (:meth:`_refuse_conflict`): moving it would show one patient's image, and the heatmap
-        scored on it, under another patient's study. The same UIDs with the same bytes are a
-        duplicate (nothing changes). The same UIDs with other bytes replace the stored copy:
-        that is a corrected re-send (a window, a marker or an attribute fixed at the modality
-        or the PACS), the newer copy is what the PACS holds and the radiologist reads, and the
-        study, if already scored, is re-opened and scored again; the ``replaced`` event names
-        the SHA-256 of both copies.
+        A SOP Instance UID stored already is refused unless the new copy is the same bytes
+        (a duplicate: nothing changes). Under another study or series
+        (:meth:`_refuse_conflict`), moving it would show one patient's image, and the heatmap
+        scored on it, under another patient's study. Under the same study and series with other
+        bytes (:meth:`_refuse_other_bytes`), replacing it would change what an SR already sent
+        describes; DICOM gives changed content a new SOP Instance UID (PS3.3 C.12.1.1.1). Both
+        are answered 0xC409, the new copy quarantined and the conflict recorded on the stored
+        study; the stored copy is never touched.
         """
         relpath = instance_relpath(header.study_uid, header.series_uid, header.sop_uid)
         dest = self.root / relpath
@@ -466,29 +466,34 @@ class Receiver:
         if stored is not None and stored[:2] != (header.study_uid, header.series_uid):
             self._refuse_conflict(header, stored, tmp, calling)
         existed = dest.is_file()
-        if existed and self._identical_copy(header, dest, tmp, size, calling):
-            discard(tmp)
-            slog.info("instance %r re-sent by %r, identical: kept the stored copy",
-                      header.sop_uid, calling)
-            metrics.INSTANCES_RECEIVED.labels("duplicate").inc()
-            return int(Status.SUCCESS)
-        replaced = (sha256_file(dest), sha256_file(tmp)) if existed else None
+        if existed and stored is not None:
+            if self._identical_copy(header, dest, tmp, size, calling):
+                discard(tmp)
+                slog.info("instance %r re-sent by %r, identical: kept the stored copy",
+                          header.sop_uid, calling)
+                metrics.INSTANCES_RECEIVED.labels("duplicate").inc()
+                return int(Status.SUCCESS)
+            self._refuse_other_bytes(header, stored, dest, tmp, calling)
         assoc_id = self._association_id(event.assoc)
         commit_temp(self.root, tmp, relpath)
         try:
             try:
-                self._record(header, relpath, size, event, calling, assoc_id, replaced)
+                self._record(header, relpath, size, event, calling, assoc_id)
             except IntegrityError:
                 # another association inserted the same study or instance meanwhile: once more
-                self._record(header, relpath, size, event, calling, assoc_id, replaced)
+                self._record(header, relpath, size, event, calling, assoc_id)
+        except InstanceConflict:
+            # another association stored the UID under another study or series since we
+            # looked: keep this copy apart and record it, as above
+            raced = self._stored_under(header.sop_uid)
+            if existed or raced is None:
+                raise
+            self._refuse_conflict(header, raced, dest, calling)
         except BaseException:
             # answered with a failure: leave no file the database does not know of
             if not existed:
                 discard(dest)
             raise
-        if replaced is not None:
-            slog.info("instance %r re-sent by %r with other bytes: the stored copy (sha256 %s) "
-                      "replaced by the new one (sha256 %s)", header.sop_uid, calling, *replaced)
         slog.debug("stored %r (%d bytes) from %r", header.sop_uid, size, calling)
         metrics.INSTANCES_RECEIVED.labels("stored").inc()
         return int(Status.SUCCESS)
@@ -505,18 +510,30 @@ class Receiver:
 
     def _refuse_conflict(self, header: ReceivedHeader, stored: tuple[str, str, int], tmp: Path,
                          calling: str) -> NoReturn:
-        """Keep the instance apart, add a ``conflict`` event to the stored study (UIDs only,
-        never patient data), and raise :class:`InstanceConflict`."""
+        """The SOP Instance UID is stored under another study or series: keep the instance
+        apart, add a ``conflict`` event to the stored study (UIDs only, never patient data),
+        and raise :class:`InstanceConflict`."""
         study_uid, series_uid, study_id = stored
-        reason = (f"SOP Instance UID {header.sop_uid} belongs to study {study_uid} series "
-                  f"{series_uid}; this instance names study {header.study_uid} series "
-                  f"{header.series_uid}: a SOP Instance UID never moves")
+        self._conflict(header, study_id, tmp, calling,
+                       f"SOP Instance UID {header.sop_uid} belongs to study {study_uid} series "
+                       f"{series_uid}; this instance names study {header.study_uid} series "
+                       f"{header.series_uid}: a SOP Instance UID never moves")
+
+    def _refuse_other_bytes(self, header: ReceivedHeader, stored: tuple[str, str, int],
+                            dest: Path, tmp: Path, calling: str) -> NoReturn:
+        """The same UIDs with other bytes: keep the new copy apart, record both SHA-256 in a
+        ``conflict`` event, and raise :class:`InstanceConflict`; the stored copy stays."""
+        self._conflict(header, stored[2], tmp, calling,
+                       f"SOP Instance UID {header.sop_uid} is stored with other content "
+                       f"(sha256 {sha256_file(dest)}); this copy (sha256 {sha256_file(tmp)}) is "
+                       "not stored: changed content needs a new SOP Instance UID")
+
+    def _conflict(self, header: ReceivedHeader, study_id: int, tmp: Path, calling: str,
+                  reason: str) -> NoReturn:
         rel = self._quarantine(tmp, header.sop_uid, calling, reason)
         with self.db.session() as s:
             s.add(Event(at=self.clock(), study_id=study_id, kind=EventKind.CONFLICT,
-                        detail=f"instance {header.sop_uid} sent by {calling} under study "
-                               f"{header.study_uid} series {header.series_uid}, but it belongs "
-                               f"to study {study_uid} series {series_uid}: refused "
+                        detail=f"instance sent by {calling}: {reason}: refused "
                                f"(0x{int(Status.SOP_INSTANCE_CONFLICT):04X}), kept as {rel}"))
         raise InstanceConflict(reason)
 
@@ -532,10 +549,9 @@ class Receiver:
         return True
 
     def _record(self, header: ReceivedHeader, relpath: str, size: int, event: evt.Event,
-                calling: str, assoc_id: int, replaced: tuple[str, str] | None = None) -> None:
-        """Insert or update the instance row (``replaced``: the SHA-256 of the stored copy and
-        of the one that replaced it). Raises InstanceConflict if another association stored
-        the SOP Instance UID under another study or series since :meth:`_store` looked."""
+                calling: str, assoc_id: int) -> None:
+        """Insert or update the instance row. Raises InstanceConflict if another association
+        stored the SOP Instance UID under another study or series since :meth:`_store` looked."""
         now = self.clock()
         ts = str(event.context.transfer_syntax)
         with self.db.session() as s:
@@ -589,11 +605,6 @@ class Receiver:
             instance.received_at = now
             instance.deleted_at = None  # received again after retention deleted its file
             instance.association_id = assoc_id
-            if replaced is not None:
-                s.add(Event(at=now, study_id=study.id, kind=EventKind.REPLACED,
-                            detail=f"instance {header.sop_uid} re-sent by {calling} with other "
-                                   f"bytes: the stored copy (sha256 {replaced[0]}) replaced by "
-                                   f"the new one (sha256 {replaced[1]})"))
             s.add(Event(at=now, study_id=study.id, kind=EventKind.RECEIVED,
                         detail=f"instance {header.sop_uid} from {calling} ({UID(ts).name})"))
 

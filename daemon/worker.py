@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-import traceback
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlalchemy import or_, select, update
 from daemon.config import Config
 from daemon.logs import setup_logging, study_logger
 from daemon.products import SELECTOR, OutputFailure, Product, ViewProduct, make_products
-from daemon.retry import TRANSIENT, retry_delay
+from daemon.retry import TRANSIENT, retry_delay, will_retry
 from db import (
     Association,
     Database,
@@ -47,7 +46,7 @@ from db import (
 )
 from dicom_io.deflate import read_file
 from dicom_io.demographics import Note, notes_text, text_values
-from dicom_io.errors import DicomIOError, describe
+from dicom_io.errors import DicomIOError, StorageError, describe
 from dicom_io.bodypart import study_type_of_study
 from dicom_io.pixels import DecodeOptions, Preprocessing
 from dicom_io.prepare import PreparePool, PreparedView
@@ -354,6 +353,7 @@ class StudyScorer:
         )
         sources, headers = [], {}
         max_instance = int(self.config.limits.max_instance_mb * 1024 * 1024)
+        unread: list[BaseException] = []
         for _, sop_uid, path in rows:
             try:
                 # a deflated instance is inflated as a stream, its pixels never (issue 17)
@@ -361,9 +361,13 @@ class StudyScorer:
                                                   limit=max_instance)
                 sources.append(ds)
             except (OSError, InvalidDicomError, ValueError, DicomIOError) as exc:
+                unread.append(exc)
                 slog.warning("instance %s cannot be referenced in the outputs: %s", sop_uid,
                              describe(exc, phi=phi))
         if not sources:
+            if unread and all(isinstance(e, OSError) for e in unread):  # the volume, not the files
+                raise StorageError(f"no stored instance of the study can be read: "
+                                   f"{describe(unread[0])}")
             raise DicomIOError("no stored instance of the study can be read")
         predecessor = None
         if previous_sr:
@@ -517,8 +521,8 @@ class StudyScorer:
         """Record that scoring the claimed study raised ``exc``; return whether it will be
         tried again.
 
-        A cause that passes (:data:`TRANSIENT`: the storage volume full, another I/O error
-        writing the outputs) puts the study back to ``complete`` until ``retry_at``, after
+        A cause that passes (:func:`daemon.retry.will_retry`: the storage volume full, another
+        I/O error, the database connection lost) puts the study back to ``complete`` until ``retry_at``, after
         ``scoring.retry_initial_s`` doubling with each failure in a row up to ``retry_max_s``
         (:func:`retry_delay`): an event ``retry`` says why and when. Any other error fails it
         for good (``failed``). The reason and the event name the error's type, never a value
@@ -530,7 +534,9 @@ class StudyScorer:
             study = s.get(Study, study_id, with_for_update=True)
             if study is None or study.revision != revision or study.state != StudyState.SCORING:
                 return False
-            if not isinstance(exc, TRANSIENT):
+            if not will_retry(exc, study.retries):
+                if isinstance(exc, TRANSIENT):
+                    reason = f"{reason}; given up after {study.retries + 1} tries"
                 study.state = StudyState.FAILED
                 study.state_reason = reason[:2000]
                 s.add(Event(at=now, study_id=study_id, kind=EventKind.FAILED, detail=reason[:2000]))
@@ -574,7 +580,14 @@ def _raise_to(priority: str, first: Dataset, already: dict[str, str], destinatio
     from daemon.products import hl7_order
     from dicom_io.hl7 import should_raise_priority
 
-    own = hl7_order(first).order_priority
+    try:
+        own = hl7_order(first).order_priority
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # the order's priority cannot be read: never risk lowering it (no order update); the
+        # result (ORU) and every other output are still made
+        log.warning("the order's priority cannot be read from the study's headers (%s): no "
+                    "order update is sent", describe(exc))
+        return {d.name: None for d in destinations}
     return {d.name: priority if should_raise_priority(priority, own, already.get(d.name)) else None
             for d in destinations}
 
@@ -671,11 +684,9 @@ class ScoringWorker:
         if isinstance(exc, TRANSIENT):
             log.warning("study %s: its outputs could not be written (%s); it will be scored "
                         "again", study_id, describe(exc, phi=phi))
-        elif phi:
-            log.exception("scoring study %s failed", study_id)
-        else:
-            log.error("scoring study %s failed: %s\n%s", study_id, describe(exc),
-                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+        else:  # daemon.logs writes the traceback's frames, its messages only with logging.phi
+            log.error("scoring study %s failed: %s", study_id, describe(exc, phi=phi),
+                      exc_info=exc)
         try:
             self.study_scorer.fail(study_id, revision, exc)
         except Exception as record_exc:

@@ -96,13 +96,10 @@ class EventKind(str, enum.Enum):
     OUTPUT_FAILED = "output_failed"
     #: the study's header values were cleaned for the outputs (which attributes, never values)
     CLEANED = "cleaned"
-    #: an instance named a SOP Instance UID already stored under another study or series: refused
-    #: and quarantined; the event is on the stored study and names both studies' UIDs
-    #: (``daemon.receiver``)
+    #: an instance named a SOP Instance UID already stored under another study or series, or
+    #: with other bytes: refused and quarantined; the event is on the stored study and names
+    #: both studies' UIDs, or both copies' SHA-256 (``daemon.receiver``)
     CONFLICT = "conflict"
-    #: an instance was re-sent under the same UIDs with other bytes and replaced the stored
-    #: copy; the event names the SHA-256 of both (``daemon.receiver``)
-    REPLACED = "replaced"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -310,6 +307,9 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: a dead delivery given its one more attempt once its destination accepted other objects
+    #: (``daemon.retry.revive_deliveries``): never revived twice
+    revived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     result: Mapped[StudyResult] = relationship(back_populates="deliveries")
 

@@ -44,18 +44,29 @@ def describe(exc: BaseException, *, phi: bool = False) -> str:
     """What a log line, an audit event or a state reason may say of ``exc``: its type, and
 
     * its message when radtriage wrote it (a :class:`DicomIOError`: it names attributes and
-      UIDs, never patient data) or when ``phi`` (``logging.phi``) allows patient data;
+      UIDs, never patient data), when the operating system or the database layer did (an
+      ``OSError``, a ``SQLAlchemyError``: :func:`_trusted`), or when ``phi``
+      (``logging.phi``) allows patient data;
     * else where it was raised, and the attribute when the library named its tag, e.g.
       ``ValueError in pydicom.valuerep (PatientBirthDate)``: a library's message may quote the
       value itself (a birth date, a name).
     """
     name = type(exc).__name__
-    if phi or isinstance(exc, DicomIOError):
+    if phi or _trusted(exc):
         text = " ".join(str(exc).split())
         return f"{name}: {text}" if text else name
     where = _raised_in(exc)
     keyword = _keyword_in(str(exc))
     return name + (f" in {where}" if where else "") + (f" ({keyword})" if keyword else "")
+
+
+def _trusted(exc: BaseException) -> bool:
+    """Messages that quote no header value: radtriage's own, the operating system's (an errno,
+    its text and a path of UIDs), the database layer's (its statement's parameters are hidden:
+    ``db.session``)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (DicomIOError, OSError, SQLAlchemyError))
 
 
 def _raised_in(exc: BaseException) -> str | None:

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from dicom_io.bodypart import SelectionRules, select_view
-from dicom_io.errors import DicomIOError
+from dicom_io.errors import DicomIOError, describe
 from dicom_io.geometry import ViewGeometry
 from dicom_io.pixels import DecodeOptions, Preprocessing, prepare_dataset_mapped, read_dataset
 
@@ -83,7 +83,9 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
         return PreparedView(None, None, f"cannot read the stored file: {exc.strerror or exc}")
     except Exception as exc:  # a parser error read_dataset does not know yet: that view's reason
         log.warning("a stored view could not be read: %s", path, exc_info=True)
-        return PreparedView(None, None, f"not a readable DICOM file: {type(exc).__name__}: {exc}")
+        # the view's reason reaches the SR, the API and the log: a library's message may quote
+        # a header value, so only its type and where it was raised (describe)
+        return PreparedView(None, None, f"not a readable DICOM file: {describe(exc)}")
     study_type = None
     try:
         selection = select_view(ds, rules)
@@ -98,7 +100,7 @@ def prepare_view(path: Path | str, prep: Preprocessing, opts: DecodeOptions,
         return PreparedView(None, study_type, "not enough memory to decode the image")
     except Exception as exc:  # malformed attributes surface as TypeError, cv2.error, ...: that view's error
         log.warning("a view could not be prepared: %s", path, exc_info=True)
-        return PreparedView(None, study_type, f"cannot prepare the pixels: {type(exc).__name__}: {exc}")
+        return PreparedView(None, study_type, f"cannot prepare the pixels: {describe(exc)}")
 
 
 #: How often a worker process checks that the daemon that started it is still alive, seconds.

@@ -234,10 +234,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         return _check_csrf(who, given)
 
     def upload_checked(request: Request, who: Principal = Depends(principal)) -> Principal:
-        """An upload's POST: the token from the header or the query, so that it is checked before
-        a byte of the body is read."""
-        return _check_csrf(who, request.headers.get("x-csrf-token")
-                           or request.query_params.get("csrf_token"))
+        """An upload's POST, before a byte of its body is read: the login, and a session's CSRF
+        token when a script sends it in the X-CSRF-Token header. A browser's form sends it as
+        its first field instead (never in the address, where access logs and the history
+        would keep it): :func:`_read_upload` checks it before any file part is read."""
+        if who.kind == "session" and "x-csrf-token" in request.headers:
+            return _check_csrf(who, request.headers["x-csrf-token"])
+        return who
 
     def page(request: Request, name: str, who: Principal, **data: Any) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"user": who, "csrf": who.csrf, **data})
@@ -482,8 +485,9 @@ def create_app(ctx: WebContext) -> FastAPI:
 
     # -- upload ------------------------------------------------------------------------------
 
-    async def _read_upload(request: Request):  # type: ignore[no-untyped-def]
-        """The uploaded files and the keep box, read as they stream (the caller is checked)."""
+    async def _read_upload(request: Request, who: Principal):  # type: ignore[no-untyped-def]
+        """The uploaded files and the keep box, read as they stream (the caller is checked; a
+        session's CSRF token, unless it came in the header, is the form's first field)."""
         from web.upload import UploadedFile
 
         limit = int(web.upload_max_mb * 1024 * 1024)
@@ -491,7 +495,10 @@ def create_app(ctx: WebContext) -> FastAPI:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + FRAMING_BYTES:
             raise HTTPException(413, too_large)  # said up front: nothing read
-        form = await read_multipart(request, limit=limit, too_large=too_large)
+        pending = who.kind == "session" and "x-csrf-token" not in request.headers
+        form = await read_multipart(
+            request, limit=limit, too_large=too_large,
+            first_field=("csrf_token", lambda token: _check_csrf(who, token)) if pending else None)
         keep = form.fields.get("keep", "").strip().lower() in ("true", "on", "1", "yes")
         # a browser sends an empty, nameless part when no file is chosen
         return [UploadedFile(f.filename or "file", f.data) for f in form.files if f.data or f.filename], keep
@@ -521,7 +528,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def upload(request: Request, who: Principal = Depends(upload_checked)) -> HTMLResponse:
         from starlette.concurrency import run_in_threadpool
 
-        uploaded, keep = await _read_upload(request)
+        uploaded, keep = await _read_upload(request, who)
         try:
             result = await run_in_threadpool(_score, uploaded, keep)
             error = None
@@ -534,7 +541,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     async def upload_api(request: Request, who: Principal = Depends(upload_checked)) -> dict[str, Any]:
         from starlette.concurrency import run_in_threadpool
 
-        uploaded, keep = await _read_upload(request)
+        uploaded, keep = await _read_upload(request, who)
         return await run_in_threadpool(_score, uploaded, keep)
 
     # outermost first: the proxy's word on the client before anything reads request.client;

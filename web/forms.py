@@ -8,7 +8,8 @@ radtriage's routes take no form parameters; they read their bodies here:
 * :func:`read_small_form` for the login, logout and retry forms: at most ``limit`` bytes (a
   few KB), URL-encoded or multipart, fields only;
 * :func:`read_multipart` for uploads, called by the route once the session or token (and a
-  session's CSRF token, from a header or the query) has been checked. The parts are parsed as
+  session's CSRF token, from a header, or the form's first field, checked before any file part
+  is read) has been checked. The parts are parsed as
   the body streams (python-multipart's streaming parser); every byte is counted as it arrives,
   and the read stops with a 413 as soon as ``limit`` is passed, with chunked transfer encoding
   as with a Content-Length. Files are held in memory (at most ``limit`` bytes in all), never
@@ -79,8 +80,9 @@ class _Multipart:
     """python-multipart's callbacks, collecting fields and files within the limits."""
 
     def __init__(self, charset: str, *, max_file_bytes: int, too_large: str, max_files: int,
-                 max_fields: int) -> None:
+                 max_fields: int, first_field: FirstField | None = None) -> None:
         self.charset = charset
+        self.first_field = first_field
         self.max_file_bytes, self.too_large = max_file_bytes, too_large
         self.max_files, self.max_fields = max_files, max_fields
         self.form = ParsedForm()
@@ -120,6 +122,10 @@ class _Multipart:
         if b"name" not in options:
             raise FormError(400, 'a part of the form has no name (Content-Disposition "name")')
         self._name = self._text(options[b"name"])
+        if self.first_field is not None and (self._name != self.first_field[0]
+                                             or b"filename" in options):
+            raise FormError(403, f"the form's first field must be {self.first_field[0]!r}: it "
+                                 "is checked before any file is read")
         if b"filename" in options:
             self._filename = self._text(options[b"filename"])
             if self.max_files == 0:
@@ -144,7 +150,11 @@ class _Multipart:
 
     def part_end(self) -> None:
         if self._filename is None:
-            self.form.fields[self._name or ""] = self._text(bytes(self._data))
+            value = self._text(bytes(self._data))
+            self.form.fields[self._name or ""] = value
+            if self.first_field is not None:  # checked before the next part is read
+                check, self.first_field = self.first_field[1], None
+                check(value)
         else:
             self.form.files.append(UploadedPart(self._filename, bytes(self._data)))
         self._data = bytearray()
@@ -156,13 +166,22 @@ class _Multipart:
         return raw.decode(self.charset, errors="replace")
 
 
+#: a field that must come first, and what checks its value (raising to refuse the body)
+FirstField = tuple[str, Callable[[str], None]]
+
+
 async def read_multipart(request: Request, *, limit: int, too_large: str,
                          framing: int = FRAMING_BYTES, max_files: int = MAX_FILES,
-                         max_fields: int = MAX_FIELDS) -> ParsedForm:
+                         max_fields: int = MAX_FIELDS,
+                         first_field: FirstField | None = None) -> ParsedForm:
     """Parse a multipart/form-data body as it streams: file data at most ``limit`` bytes in all
     and the body at most ``limit + framing`` (boundaries, part headers, fields);
     FormError(413, ``too_large``) as soon as either is passed. Fields are at most
-    :data:`MAX_FIELD_BYTES` each."""
+    :data:`MAX_FIELD_BYTES` each.
+
+    ``first_field`` (name, check): the body's first part must be that field, and ``check`` runs
+    on its value as soon as it is read, before any other part (a browser form's CSRF token,
+    its first input): FormError(403) when another part comes first."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if not content_type:
         raise FormError(400, "no file was uploaded (an empty body)")
@@ -174,7 +193,7 @@ async def read_multipart(request: Request, *, limit: int, too_large: str,
     charset = params.get(b"charset", b"utf-8").decode("latin-1")
     collect = _Multipart(charset if charset.lower() in ("utf-8", "latin-1", "iso-8859-1") else "utf-8",
                          max_file_bytes=limit, too_large=too_large, max_files=max_files,
-                         max_fields=max_fields)
+                         max_fields=max_fields, first_field=first_field)
     try:
         parser = MultipartParser(boundary, collect.callbacks())  # type: ignore[arg-type]
         async for chunk in _counted(request, limit + framing, too_large):

@@ -301,26 +301,63 @@ def test_a_reused_sop_instance_uid_never_moves_to_another_study_or_series(
     assert _row(db, sop) == before
 
 
-def test_other_bytes_in_the_same_series_replace_the_copy_and_audit_both_hashes(
+def test_a_conflict_found_only_by_the_database_is_kept_apart_and_audited_too(
+        receivers, tmp_path, raw_send, monkeypatch):
+    """Two associations racing with one UID under two studies: both pass the first look, the
+    database's unique constraint catches the second. It is refused, quarantined and audited
+    like any conflict, and its file leaves the other study's folder."""
+    receiver, db = receivers()
+    storage = tmp_path / "storage"
+    alice = make_instance(StudySpec(views=1, rows=32, columns=32), 0)
+    bob = make_instance(StudySpec(views=1, rows=32, columns=32, seed=3), 0)
+    bob.SOPInstanceUID = bob.file_meta.MediaStorageSOPInstanceUID = alice.SOPInstanceUID
+    sop = str(alice.SOPInstanceUID)
+    assert _store_files(receiver.port, [_save(alice, tmp_path / "in" / "a.dcm")]) == [0]
+    before = _row(db, sop)
+
+    real, looks = receiver._stored_under, []
+
+    def racing(uid: str):  # type: ignore[no-untyped-def]
+        looks.append(uid)
+        return None if len(looks) == 1 else real(uid)  # the first look misses the stored row
+
+    monkeypatch.setattr(receiver, "_stored_under", racing)
+    assert _store_files(receiver.port, [_save(bob, tmp_path / "in" / "b.dcm")]) == [CONFLICT_STATUS]
+    assert _row(db, sop) == before
+    assert not list((storage / str(bob.StudyInstanceUID)).rglob("*.dcm"))
+    [event] = _events(db, EventKind.CONFLICT)
+    assert str(bob.StudyInstanceUID) in event.detail
+    [note] = _notes(storage)
+    assert "belongs to" in note
+
+
+def test_other_bytes_under_the_same_uids_are_refused_kept_apart_and_audit_both_hashes(
         receivers, tmp_path, raw_send):
+    """Issue 17: "the same rule holds for a UID reused with different bytes in the same study:
+    an audit event records both hashes". The stored copy, which an SR already describes, stays."""
     receiver, db = receivers()
     storage = tmp_path / "storage"
     first = make_instance(StudySpec(views=1, rows=32, columns=32), 0)
     sop = str(first.SOPInstanceUID)
     assert _store_files(receiver.port, [_save(first, tmp_path / "in" / "first.dcm")]) == [0]
-    path = storage / _row(db, sop)[2]
+    before = _row(db, sop)
+    path = storage / before[2]
     old = hashlib.sha256(path.read_bytes()).hexdigest()
 
-    corrected = pydicom.dcmread(tmp_path / "in" / "first.dcm")
-    corrected.SeriesDescription = "corrected"  # a corrected re-send: same UIDs, other bytes
-    assert _store_files(receiver.port, [_save(corrected, tmp_path / "in" / "second.dcm")]) == [0]
-    new = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert new != old
-    assert pydicom.dcmread(path).SeriesDescription == "corrected"  # kept: the newer copy
-    [event] = _events(db, EventKind.REPLACED)
-    assert old in event.detail and new in event.detail and sop in event.detail
+    other = pydicom.dcmread(tmp_path / "in" / "first.dcm")
+    other.SeriesDescription = "other"  # same UIDs, other bytes
+    sent = _save(other, tmp_path / "in" / "second.dcm")
+    assert _store_files(receiver.port, [sent]) == [0xC409]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == old  # the stored copy stays
+    assert _row(db, sop) == before
+    [event] = _events(db, EventKind.CONFLICT)
+    assert old in event.detail and sop in event.detail
+    new = hashlib.sha256(next(p for p in (storage / "quarantine").glob("*.dcm")).read_bytes()
+                         ).hexdigest()
+    assert new != old and new in event.detail  # the new copy is kept apart, as received
     assert "PHANTOM" not in event.detail
-    assert _events(db, EventKind.CONFLICT) == []
+    # the same bytes again are still a duplicate
+    assert _store_files(receiver.port, [tmp_path / "in" / "first.dcm"]) == [0]
 
 
 # -- finding 13: control characters ------------------------------------------------------------

@@ -197,3 +197,40 @@ def test_control_characters_in_a_message_cannot_forge_a_line(tmp_path):
     assert len([line for line in lines if line]) == 1
     assert b"\x00" not in raw and "\u2028".encode() not in raw and "\x85".encode() not in raw
     assert "1.2.3\\n2026" in lines[0] and "\\x00\\u2028\\x85" in lines[0]
+
+
+def test_a_traceback_keeps_its_frames_but_not_a_library_message(tmp_path):
+    """Review of issue 17: ``log.exception`` printed the exception's message, which a library
+    may fill with a header value; radtriage's own messages and the OS's are kept."""
+    from dicom_io.errors import InvalidInstance
+
+    setup_logging("INFO", phi=False, file=tmp_path / "r.log")
+    log = logging.getLogger("dicom_io.prepare")
+    date, inner_value = "1979" + "0230", "SECRET" + "-INNER"  # values, not in the source lines
+    for exc in (ValueError(f"Unable to convert {date!r} to 'DA' object"),
+                InvalidInstance("Rows is missing"), FileNotFoundError(2, "No such file")):
+        try:
+            try:
+                raise KeyError(inner_value)
+            except KeyError as inner:
+                raise exc from inner
+        except Exception:
+            log.exception("a view could not be prepared")
+    _flush()
+    text = (tmp_path / "r.log").read_text()
+    assert date not in text and inner_value not in text
+    assert text.count("(message withheld: logging.phi is false)") == 4  # ValueError, 3 KeyErrors
+    assert "InvalidInstance: Rows is missing" in text and "No such file" in text
+    assert text.count("The above exception was the direct cause") == 3
+    assert "test_a_traceback_keeps_its_frames" in text  # the frames are there
+
+
+@pytest.mark.phi_allowed
+def test_with_phi_a_traceback_is_whole(tmp_path):
+    setup_logging("INFO", phi=True, file=tmp_path / "r.log")
+    try:
+        raise ValueError("Unable to convert '19790230' to 'DA' object")
+    except ValueError:
+        logging.getLogger("x").exception("failed")
+    _flush()
+    assert "ValueError: Unable to convert '19790230'" in (tmp_path / "r.log").read_text()

@@ -64,19 +64,26 @@ def _outputs(database) -> list[str]:  # type: ignore[no-untyped-def]
         return sorted(s.scalars(select(OutputObject.kind)))
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_finding_12_a_conversion_error_leaves_no_value_in_reason_events_or_log(
-        tmp_path: Path, database, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from daemon.logs import setup_logging
+
+    setup_logging("DEBUG", phi=False, file=tmp_path / "radtriage.log")  # the daemon's handler
     _setup(tmp_path, database)
     monkeypatch.setattr("daemon.worker.make_products", _convert_birth_date)
-    with caplog.at_level(logging.DEBUG):
-        study_id = _score(tmp_path, database)
+    study_id = _score(tmp_path, database)
     with database.session() as s:
         study = s.get(Study, study_id)
         assert study.state == StudyState.FAILED
         assert study.state_reason == "ValueError in pydicom.valuerep"
     assert _events(database, EventKind.FAILED) == ["ValueError in pydicom.valuerep"]
-    assert BIRTH_DATE not in caplog.text and "ValueError in pydicom.valuerep" in caplog.text
-    assert "_convert_birth_date" in caplog.text  # the traceback's frames are still logged
+    for h in logging.getLogger().handlers:
+        h.flush()
+    text = (tmp_path / "radtriage.log").read_text()
+    assert BIRTH_DATE not in text and "ValueError in pydicom.valuerep" in text
+    assert "_convert_birth_date" in text  # the traceback's frames are still logged
+    assert "message withheld: logging.phi is false" in text
 
 
 @pytest.mark.phi_allowed
@@ -110,6 +117,19 @@ def test_a_failing_hl7_message_leaves_the_others(tmp_path: Path, database, monke
     assert _outputs(database) == ["GSPS", "KOS", "ORM", "SC", "SR"]
     assert _events(database, EventKind.OUTPUT_FAILED) == [
         "ORU for ris not made: ValueError in pydicom.valuerep"]
+
+
+def test_an_order_priority_that_cannot_be_read_costs_only_the_order_update(
+        tmp_path: Path, database, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The never-lower rule reads the order's own priority before the outputs are made: if
+    that read fails, no order update goes out (never risk lowering it), the rest does."""
+    _setup(tmp_path, database)
+    monkeypatch.setattr("daemon.products.hl7_order", _convert_birth_date)
+    study_id = _score(tmp_path, database)
+    assert "SR" in _outputs(database) and "ORM" not in _outputs(database)
+    with database.session() as s:
+        assert s.get(Study, study_id).state == StudyState.DISPATCHING
+    assert BIRTH_DATE not in caplog.text and "no order update is sent" in caplog.text
 
 
 def test_an_sr_that_cannot_be_made_from_the_headers_is_made_without_them(

@@ -142,6 +142,36 @@ def test_an_error_that_does_not_pass_still_fails_the_study(tmp_path: Path, datab
         assert study.state_reason.startswith("RuntimeError")
 
 
+def test_an_io_error_other_than_a_full_volume_is_retried_a_few_times_then_fails(
+        tmp_path: Path, database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A read-only volume (EROFS) does not pass by itself: tried MAX_OTHER_RETRIES times more,
+    then failed with the reason, never scored again and again for ever."""
+    from daemon.retry import MAX_OTHER_RETRIES
+
+    _complete_study(tmp_path, database, 1)
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    clock = {"now": NOW}
+    scorer = StudyScorer(_config(tmp_path), database, FixedScorer(0.9), clock=lambda: clock["now"])
+    tries = 0
+    try:
+        for _ in range(MAX_OTHER_RETRIES + 3):
+            tries += _drain(ScoringWorker(scorer))
+            clock["now"] += dt.timedelta(hours=1)
+    finally:
+        scorer.close()
+        monkeypatch.setattr(os, "fsync", real)
+    assert tries == MAX_OTHER_RETRIES + 1
+    with database.session() as s:
+        study = s.scalar(select(Study))
+        assert study.state == StudyState.FAILED
+        assert "StorageError" in study.state_reason and "given up after 6 tries" in study.state_reason
+
+
 def test_retry_delay_doubles_up_to_its_maximum() -> None:
     assert [retry_delay(n, 30, 600) for n in range(7)] == [30, 60, 120, 240, 480, 600, 600]
     assert retry_delay(10_000, 30, 600) == 600
@@ -220,3 +250,55 @@ def test_a_study_failed_by_a_destination_is_sent_again_once_it_accepts_objects(
         assert {s.get(Study, i).state for i in (first, second)} == {StudyState.DELIVERED}
         assert len(s.scalars(select(Event).where(Event.kind == EventKind.RETRY)).all()) == 2
     assert len(pacs.sent) == 3
+
+
+def test_an_object_the_destination_always_refuses_is_revived_once_not_forever(
+        tmp_path: Path, database) -> None:  # type: ignore[no-untyped-def]
+    """The review of issue 17 found a study revived every ``retry_max_s`` for ever when the
+    destination refuses one object for good (a SOP class it does not take) while it accepts
+    others: each delivery is given one more attempt once, then its study stays failed."""
+    from daemon.dispatch import Dispatcher
+    from daemon.retry import revive_deliveries
+    from dicom_io.destinations import FakeDestination
+    from dicom_io.errors import SendError
+
+    class Picky(FakeDestination):
+        """Refuses the first study's objects (0xA900 for ever), stores every other."""
+
+        refused: set[str] = set()
+
+        def send(self, path, *, origin=None):  # type: ignore[no-untyped-def]
+            if any(part in self.refused for part in Path(path).parts):
+                raise SendError("pacs: refused with 0xA900 (SOP class not supported)")
+            super().send(path, origin=origin)
+
+    config = _config(tmp_path).model_copy(update={"dispatch": parse_config(
+        {"dispatch": {"max_attempts": 2, "backoff_initial_s": 1, "backoff_max_s": 1}},
+        base=tmp_path, environ={}).dispatch})
+    clock = {"now": NOW}
+    pacs = Picky(name="pacs")
+    dispatcher = Dispatcher(database, {"pacs": pacs}, config.dispatch, tmp_path / "storage",
+                            clock=lambda: clock["now"])
+    scorer = StudyScorer(config, database, FixedScorer(0.9), clock=lambda: clock["now"])
+    try:
+        refused = _complete_study(tmp_path, database, 1)
+        with database.session() as s:
+            Picky.refused = {s.get(Study, refused).study_instance_uid}
+        revivals = 0
+        for n in range(2, 12):  # ten cycles, each with another study the PACS accepts
+            _complete_study(tmp_path, database, n)
+            _drain(ScoringWorker(scorer))
+            for _ in range(3):
+                dispatcher.run_due()
+                clock["now"] += dt.timedelta(seconds=2)
+            clock["now"] += dt.timedelta(seconds=700)  # past retry_max_s
+            revivals += len(revive_deliveries(database, clock["now"], max_attempts=2,
+                                              initial_s=30, max_s=600))
+    finally:
+        scorer.close()
+    assert revivals == 1
+    with database.session() as s:
+        assert s.get(Study, refused).state == StudyState.FAILED
+        assert s.scalar(select(func.count()).select_from(Delivery).where(
+            Delivery.revived.is_(True))) == 1
+    assert len(pacs.sent) == 10

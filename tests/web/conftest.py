@@ -218,6 +218,18 @@ class StreamedPost:
     finished: bool  # the whole body was sent
 
 
+def multipart_body(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, filename or None for a field, data) in this order,
+    and its Content-Type."""
+    boundary = "radtriage-test-boundary"
+    body = bytearray()
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return bytes(body), f"multipart/form-data; boundary={boundary}"
+
+
 def streamed_post(url: str, path: str, *, headers: dict[str, str], total: int,
                   part_headers: bytes, chunk: int = 64 * 1024, boundary: str = "b0undary",
                   keep_sending: bool = False, timeout_s: float = 60.0) -> StreamedPost:

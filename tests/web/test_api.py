@@ -425,7 +425,7 @@ def test_upload_page_keeps_the_files_only_when_asked(sqlite_site, tmp_path):
     files = [("files", ("arm.png", _png(), "image/png"))]
     refused = client.post("/upload", files=files, data={"keep": "true"})
     assert refused.status_code == 403
-    r = client.post(f"/upload?csrf_token={csrf}", files=files, data={"keep": "true"})
+    r = client.post("/upload", files=files, data={"csrf_token": csrf, "keep": "true"})
     assert r.status_code == 200 and "data:image/png;base64," in r.text and "90.0%" in r.text
     kept = re.search(r"Kept in storage.path/(uploads/[^<]+)</p>", r.text).group(1)
     folder = sqlite_site.config.storage.path / kept

@@ -97,7 +97,7 @@ def test_log_in_see_the_high_study_first_and_its_heatmap(browser, dashboard, sql
         page.wait_for_selector("#dead")
         page.screenshot(path=str(ARTIFACTS / "queue.png"), full_page=True)
         assert page.locator("#dead tr[data-delivery-id]").count() == 1
-        # an upload through the form: its CSRF token travels in the form's address
+        # an upload through the form: its CSRF token is its first field, checked before the file
         page.click("#nav-upload")
         page.set_input_files("#files", files=[{"name": "arm.png", "mimeType": "image/png",
                                                 "buffer": _png()}])

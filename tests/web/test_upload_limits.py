@@ -93,8 +93,9 @@ def test_a_cookie_session_upload_needs_its_csrf_token_before_the_body(sqlite_sit
     with serve(app) as url:
         r = streamed_post(url, path, headers={"Cookie": cookie}, total=64 * MB,
                           part_headers=FILE_PART)
-    assert r.status == 403 and b"CSRF" in r.body, r.head
-    assert app.received == 0 and r.sent_when_answered < 32 * MB
+    # refused at the first part's headers: a file where the token must come first
+    assert r.status == 403 and b"csrf_token" in r.body, r.head
+    assert app.received <= 128 * 1024 and r.sent_when_answered < 32 * MB
     assert list(folder.iterdir()) == [] and calls == []
 
 
@@ -282,23 +283,39 @@ def test_image_size_reads_only_the_header():
             image_size(broken)
 
 
-def test_an_upload_page_with_the_token_in_its_address_is_scored(sqlite_site):
-    """The browser's upload form carries the session's CSRF token in its action's query, so it
-    is checked before the body; a token in the body is no longer read."""
+def test_the_upload_form_sends_its_token_first_and_it_is_checked_before_any_file(sqlite_site):
+    """The browser's upload form carries the session's CSRF token as its first field (never in
+    its address, where access logs and the history would keep it); the token is checked as
+    soon as that field is read, before any file part. A script may send it in a header."""
     import cv2
     import numpy as np
 
     client = make_client(sqlite_site)
     csrf = log_in(client)
     page = client.get("/upload").text
-    assert f'action="/upload?csrf_token={csrf}"' in page
+    assert 'action="/upload"' in page and "csrf_token=" not in page
+    assert page.index('name="csrf_token"') < page.index('type="file"')  # first in the form
     png = cv2.imencode(".png", np.zeros((30, 20), np.uint8))[1].tobytes()
     files = [("files", ("arm.png", png, "image/png"))]
-    assert client.post("/upload", files=files, data={"csrf_token": csrf}).status_code == 403
-    r = client.post(f"/upload?csrf_token={csrf}", files=files)
+    assert client.post("/upload", files=files).status_code == 403  # no token
+    assert client.post("/upload", files=files, data={"csrf_token": "forged"}).status_code == 403
+    assert client.post(f"/upload?csrf_token={csrf}", files=files).status_code == 403  # not read
+    r = client.post("/upload", files=files, data={"csrf_token": csrf})
     assert r.status_code == 200 and "data:image/png;base64," in r.text
     r = client.post("/api/upload", files=files, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 200 and r.json()["studies"][0]["probability"] == pytest.approx(0.9)
+
+
+def test_a_file_before_the_token_is_refused_before_it_is_read(sqlite_site):
+    """A body whose first part is a file (or another field) is refused at that part's headers:
+    nothing of a file is read for a session that has not shown its token."""
+    from tests.web.conftest import multipart_body
+
+    client = make_client(sqlite_site)
+    csrf = log_in(client)
+    body, content_type = multipart_body([("files", "a.png", b"x" * 1000), ("csrf_token", None, csrf.encode())])
+    r = client.post("/upload", content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 403 and "first field" in r.text
 
 
 def test_a_login_form_is_bounded_too(sqlite_site):
