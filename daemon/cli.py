@@ -3,6 +3,7 @@
     radtriage serve --config PATH       run the daemon until SIGTERM/SIGINT
     radtriage check-config [PATH]       validate a config file and exit
     radtriage score PATH... [--json]    score files or folders offline (no network, no database)
+    radtriage send FILES... --host H --port P   C-STORE files, each in its own transfer syntax
     radtriage status                    recent studies, queue and deliveries from the database
     radtriage retention [--dry-run]     delete stored pixel data past storage.retention_days, once
     radtriage purge STUDY_UID [--yes] [--force]   delete everything of one study, on request
@@ -23,12 +24,14 @@ import json
 import logging
 import os
 import sys
-from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 from daemon.config import ENV_CONFIG_PATH, Config, ConfigError, load_config
 from daemon.logs import setup_logging
+
+if TYPE_CHECKING:  # imported where it runs: torch and the DICOM stack load with it
+    from daemon.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -55,100 +58,92 @@ def _load(path: str | None, err: TextIO) -> Config | None:
 # -- commands -------------------------------------------------------------------------------
 
 
+def _source(path: str | None) -> str:
+    """The config file as the admin named it, for messages: ``crop.yaml``."""
+    found = path or _default_config_path()
+    return str(found) if found else "(embedded defaults)"
+
+
 def cmd_check_config(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Validate the file, then run every start-up check that needs no network and no port
+    (``daemon.startup``): each failure is the line ``serve`` would stop with, and the exit
+    code the one it would stop with (2 invalid file, 1 a start-up check)."""
     config = _load(args.config, err)
     if config is None:
         return EXIT_CONFIG
-    source = args.config or _default_config_path() or "(embedded defaults)"
-    print(f"{source}: OK ({len(config.destinations)} destination(s), AE {config.node.ae_title} "
-          f"port {config.node.port}, database {config.database.url.split('://')[0]})", file=out)
+    from daemon.startup import offline_checks
+
+    source = _source(args.config)
+    problems, card = offline_checks(config, source)
+    for problem in problems:
+        print(f"radtriage: cannot start: {problem}", file=err)
+    if problems:
+        return EXIT_FAILURE
+    assert card is not None  # the model loaded, or there would be a problem
+    model = f"{card.name} {card.version}" + ("" if card.trained else " UNTRAINED") + \
+        (" DEMO" if card.notice else "")
+    print(f"{source}: OK (model {model}, {len(config.destinations)} destination(s), AE "
+          f"{config.node.ae_title} port {config.node.port}, database "
+          f"{config.database.url.split('://')[0]})", file=out)
+    unchecked = [f"port {config.node.port} free"]
+    if config.web.enabled:
+        unchecked.append(f"web port {config.web.port} free")
+    if not config.database.url.startswith("sqlite"):
+        unchecked.append("the database server reachable")
+    print(f"not checked here (serve checks them): {', '.join(unchecked)}", file=out)
     return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run the daemon; a start-up failure is one line on standard error and exit 1, whatever
+    had started closed again."""
     config = _load(args.config, err)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(config.logging.level, phi=config.logging.phi, file=config.logging.file)
-    from daemon.service import Service, StartupError
+    from daemon.startup import StartupError, check_log_file
 
-    service = Service(config)
+    try:
+        check_log_file(config)
+        setup_logging(config.logging.level, phi=config.logging.phi, file=config.logging.file)
+    except StartupError as exc:
+        print(f"radtriage: cannot start: {exc}", file=err)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"radtriage: cannot start: logging.file: cannot open {config.logging.file}: "
+              f"{exc.strerror or exc}", file=err)
+        return EXIT_FAILURE
+    from daemon.service import Service
+
+    service = Service(config, source=_source(args.config))
     try:
         service.start()
     except StartupError as exc:
-        print(f"radtriage: cannot start: {exc}", file=err)
-        service.stop()
-        return EXIT_FAILURE
+        return _not_started(service, str(exc), err)
+    except KeyboardInterrupt:
+        _not_started(service, "interrupted", err)
+        return 130
+    except Exception as exc:  # a bug: still one line here; the traceback is logged at DEBUG
+        log.debug("start-up failed", exc_info=exc)
+        from daemon.startup import one_line
+
+        return _not_started(service, f"unexpected {type(exc).__name__}: {one_line(exc)} (a bug; "
+                            "logging.level: DEBUG logs its traceback)", err)
     service.serve_forever()
     return EXIT_OK
 
 
-def _iter_files(paths: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        else:
-            files.append(p)
-    return files
-
-
-def score_paths(paths: Sequence[str], config: Config) -> list[dict]:
-    """Score files and folders offline; one dict per study (the ``--json`` shape)."""
-    from pydicom.errors import InvalidDicomError
-
-    from dicom_io.deflate import read_file
-    from dicom_io.errors import DicomIOError
-
-    from daemon.service import load_scorer, model_preprocessing
-    from daemon.worker import build_pool, score_views
-    from dicom_io.bodypart import study_type_of_study
-    from inference.policy import is_abnormal, priority_for, study_probability
-
-    scorer = load_scorer(config)
-    pool = build_pool(config, model_preprocessing(config, scorer.card))
-    studies: "OrderedDict[str | None, list[tuple[int, str, Path]]]" = OrderedDict()
-    unreadable: list[dict] = []
-    max_instance = int(config.limits.max_instance_mb * 1024 * 1024)
-    for i, f in enumerate(_iter_files(paths)):
-        try:
-            ds = read_file(f, stop_before_pixels=True, limit=max_instance)  # deflated: a stream
-            study_uid = str(ds.StudyInstanceUID)
-            sop_uid = str(ds.SOPInstanceUID)
-        except (OSError, InvalidDicomError, AttributeError, ValueError, DicomIOError) as exc:
-            unreadable.append({"sop_instance_uid": None, "path": str(f), "probability": None,
-                               "error": f"not a readable DICOM file: {exc}"})
-            continue
-        studies.setdefault(study_uid, []).append((i, sop_uid, f))
-    rules = [(r.min_probability, r.priority) for r in config.priority.rules]
-    threshold = config.model.operating_threshold(scorer.card)
-    rows = []
-    with pool:
-        scored = [(uid, views, score_views(scorer, pool, views)) for uid, views in studies.items()]
-    for study_uid, views, outcomes in scored:
-        probability = study_probability(o.probability for o in outcomes)
-        analysed = sum(o.probability is not None for o in outcomes)
-        rows.append({
-            "study_instance_uid": study_uid,
-            "study_type": study_type_of_study(o.study_type for o in outcomes),
-            "views_analysed": analysed,
-            "views_not_analysed": len(outcomes) - analysed,
-            "probability": probability,
-            "abnormal": None if probability is None else is_abnormal(probability, threshold),
-            "priority": priority_for(probability, rules, config.priority.default),
-            "model": f"{scorer.card.display_name} {scorer.card.version}",
-            "notice": scorer.card.notice,
-            "views": [{"sop_instance_uid": o.sop_instance_uid, "path": str(p), "probability": o.probability,
-                       "study_type": o.study_type, "frames": o.frames, "error": o.error,
-                       "peak_box": list(o.box) if o.box is not None else None}
-                      for o, (_, _, p) in zip(outcomes, views)],
-        })
-    if unreadable:
-        rows.append({"study_instance_uid": None, "study_type": None, "views_analysed": 0,
-                     "views_not_analysed": len(unreadable), "probability": None, "abnormal": None,
-                     "priority": config.priority.default, "model": None, "notice": None,
-                     "views": unreadable})
-    return rows
+def _not_started(service: Service, why: str, err: TextIO) -> int:
+    """Say why in one line (in the log file too, when the log goes to one), close what was
+    started, exit 1."""
+    print(f"radtriage: cannot start: {why}", file=err)
+    if service.config.logging.file is not None:
+        log.error("cannot start: %s", why)
+    try:
+        service.stop()
+    except Exception as exc:  # closing down must not bury the reason under a traceback
+        log.warning("closing down after the failed start: %s: %s", type(exc).__name__, exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+    return EXIT_FAILURE
 
 
 def cmd_score(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -156,34 +151,51 @@ def cmd_score(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging("WARNING", phi=config.logging.phi)
-    from daemon.service import StartupError
+    from daemon.startup import StartupError
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"radtriage: no such file or folder: {', '.join(missing)}", file=err)
         return EXIT_CONFIG
+    from daemon.offline import score_paths, write_table
+
     try:
-        rows = score_paths(args.paths, config)
+        rows = score_paths(args.paths, config, _source(args.config))
     except StartupError as exc:
         print(f"radtriage: cannot score: {exc}", file=err)
         return EXIT_FAILURE
     if args.json:
         json.dump(rows, out, indent=2)
         out.write("\n")
-        return EXIT_OK
-    notices = sorted({r["notice"] for r in rows if r["notice"]})
-    for notice in notices:
-        print(notice, file=out)
-    print(f"{'STUDY INSTANCE UID':<64}  {'TYPE':<8}  {'PROB':>5}  {'PRIORITY':<8}  VIEWS", file=out)
-    for r in rows:
-        prob = "-" if r["probability"] is None else f"{r['probability']:.3f}"
-        print(f"{r['study_instance_uid'] or '(unreadable files)':<64}  {r['study_type'] or '-':<8}  "
-              f"{prob:>5}  {r['priority']:<8}  {r['views_analysed']}/{len(r['views'])} analysed",
-              file=out)
-        for v in r["views"]:
-            if v["error"]:
-                print(f"    {v['sop_instance_uid'] or v['path']}: {v['error']}", file=out)
+    else:
+        write_table(rows, out)
     return EXIT_OK
+
+
+def cmd_send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """C-STORE files (and the files under folders) to a DICOM node, each in its own transfer
+    syntax; one line per file; exit 1 when any was not stored."""
+    from daemon.offline import iter_files
+    from daemon.send import send_files
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"radtriage: no such file or folder: {', '.join(missing)}", file=err)
+        return EXIT_CONFIG
+    for flag, title in (("--aet", args.aet), ("--aec", args.aec)):
+        if not 0 < len(title.strip()) <= 16 or "\\" in title or not title.isprintable():
+            print(f"radtriage: {flag} {title!r}: an AE title is 1 to 16 printable characters, "
+                  "no backslash", file=err)
+            return EXIT_CONFIG
+    files = iter_files(args.paths)
+    if not files:
+        print("radtriage: no files to send", file=err)
+        return EXIT_CONFIG
+    failures = send_files(files, args.host, args.port, calling=args.aet, called=args.aec,
+                          timeout_s=args.timeout, out=out)
+    if failures:
+        print(f"radtriage: {failures} of {len(files)} file(s) not stored", file=err)
+    return EXIT_FAILURE if failures else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -196,7 +208,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     db = Database(config.database.url)
     try:
         db.migrate()
-        out.write(render_status(db, limit=args.limit))
+        out.write(render_status(db, limit=args.limit, storage=config.storage.path))
     finally:
         db.dispose()
     return EXIT_OK
@@ -374,6 +386,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per study")
     p.add_argument("--config")
     p.set_defaults(func=cmd_score)
+    p = sub.add_parser("send", help="C-STORE DICOM files to a node, each in its own transfer syntax",
+                       description="Send DICOM files (and the files under folders) to a DICOM node "
+                       "over one association, proposing each file's own SOP class and transfer "
+                       "syntax and sending its bytes unchanged; one line per file with the "
+                       "status the node answered. Exit 1 when any file was not stored.")
+    p.add_argument("paths", nargs="+", metavar="FILES")
+    p.add_argument("--host", required=True, help="the node's host name or address")
+    p.add_argument("--port", required=True, type=int, help="its DICOM port")
+    p.add_argument("--aet", default="RADTRIAGE-SEND", help="our (calling) AE title "
+                   "(default: RADTRIAGE-SEND)")
+    p.add_argument("--aec", default="RADTRIAGE", help="the node's (called) AE title "
+                   "(default: RADTRIAGE)")
+    p.add_argument("--timeout", type=float, default=30, help="network timeout, seconds (default 30)")
+    p.set_defaults(func=cmd_send)
     p = sub.add_parser("status", help="recent studies, queue and deliveries")
     p.add_argument("--config")
     p.add_argument("--limit", type=int, default=20)

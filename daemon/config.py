@@ -99,6 +99,10 @@ class NodeConfig(_Section):
     """The DICOM node radtriage presents to the PACS (the Storage SCP)."""
 
     ae_title: AETitle = Field("RADTRIAGE", description="Our AE title; the PACS must call us by it.")
+    require_called_ae: bool = Field(
+        True, description="Reject an association that calls another AE title than ae_title "
+        "(A-ASSOCIATE-RJ: called AE title not recognised; logged). false: any called AE title "
+        "is accepted (e.g. a router that calls every node by one name). Example: false.")
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(11112, ge=1, le=65535, description="TCP port to listen on.")
     allowed_calling_aes: list[AETitle] = Field(
@@ -256,11 +260,13 @@ class DecodingConfig(_Section):
 
     working_size: int = Field(
         512, ge=0, le=16384,
-        description="Shorter side (pixels) at which views are windowed and cropped; 0: full size.")
+        description="Shorter side (pixels) at which views are windowed and cropped; 0: full size. "
+        "Reached by the JPEG 2000 5/3 wavelet low-pass, then an area average.")
     reduced_decode: bool = Field(
-        True, description="Decode JPEG 2000 / HTJ2K at the smallest resolution level, and 8-bit "
-        "JPEG baseline at the smallest DCT scale, still at least working_size (much faster; the "
-        "tensor differs from a full decode by ~1 grey level).")
+        True, description="Decode a lossless JPEG 2000 / HTJ2K view only to the resolution level "
+        "the working image is made from: the identical tensor, 12x (JPEG 2000) and 5x (HTJ2K) "
+        "faster for a 2k x 2k CR; false: decoded in full, same result. Lossy codestreams and JPEG "
+        "are always decoded in full.")
     multiframe: Literal["refuse", "frames"] = Field(
         "refuse", description="A multi-frame instance: refused (not analysed), or every frame "
         "scored and the instance's probability the mean of its frames.")
@@ -401,6 +407,17 @@ _DESTINATION_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "return_to_sender": (("port",), ("ae_title", "tls")),
     "hl7": (("host", "port"), ("message", "receiving_application", "receiving_facility")),
 }
+#: The keys every destination has, whatever its type.
+DESTINATION_COMMON_KEYS = ("name", "type", "objects")
+
+
+def destination_keys(kind: str) -> tuple[str, ...]:
+    """The keys a destination of type ``kind`` takes (a KeyError for an unknown type): the
+    common ones, then those it needs, then those it may have. One :class:`Destination` model
+    holds every type's fields; these are the ones that mean something for ``kind`` (what the
+    "allowed here" hint lists and what the effective configuration shows)."""
+    required, optional = _DESTINATION_KEYS[kind]
+    return (*DESTINATION_COMMON_KEYS, *required, *optional)
 
 
 class TLSConfig(_Section):
@@ -459,10 +476,11 @@ class Destination(_Section):
         missing = [k for k in required if getattr(self, k) is None]
         if missing:
             raise ValueError(f"a {self.type} destination needs {', '.join(missing)}")
-        given = {k for k in self.model_fields_set} - {"name", "type", "objects"}
+        given = {k for k in self.model_fields_set} - set(DESTINATION_COMMON_KEYS)
         stray = sorted(given - set(required) - set(optional))
         if stray:
-            raise ValueError(f"a {self.type} destination does not take {', '.join(stray)}")
+            raise ValueError(f"a {self.type} destination does not take {', '.join(stray)}; it takes "
+                             f"{', '.join(required + optional)} (and {', '.join(DESTINATION_COMMON_KEYS)})")
         if self.objects is not None:
             wrong = [o for o in self.objects if o not in DESTINATION_OBJECTS[self.type]]
             if wrong:
@@ -655,10 +673,13 @@ class Config(_Section):
 # loading
 
 
-def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
-    """Walk the model tree along ``loc`` and list the keys allowed at its parent."""
+def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...], data: Any = None) -> list[str]:
+    """Walk the model tree along ``loc`` and list the keys allowed at its parent. ``data``, the
+    input being validated, is walked alongside: a destination allows the keys of its own
+    ``type`` (:func:`destination_keys`), not every type's."""
     current: Any = model
     for part in loc[:-1]:
+        data = _item(data, part)
         if isinstance(part, int) or current is None:
             continue
         field = current.model_fields.get(part)
@@ -669,10 +690,23 @@ def _allowed_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[s
         current = next(
             (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
         )
+    if current is Destination and isinstance(data, Mapping):
+        kind = data.get("type", Destination.model_fields["type"].default)
+        if isinstance(kind, str) and kind in _DESTINATION_KEYS:
+            return sorted(destination_keys(kind))
     return sorted(current.model_fields) if current is not None else []
 
 
-def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str]) -> str:
+def _item(data: Any, part: Any) -> Any:
+    """``data[part]`` of the input being validated, or None where it has no such item."""
+    if isinstance(part, int) and isinstance(data, list) and 0 <= part < len(data):
+        return data[part]
+    if isinstance(part, str) and isinstance(data, Mapping):
+        return data.get(part)
+    return None
+
+
+def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str], data: Any = None) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     for dotted, var in env_keys.items():
@@ -681,7 +715,7 @@ def _format_error(err: Mapping[str, Any], env_keys: Mapping[str, str]) -> str:
             break
     value = err.get("input")
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(Config, loc)
+        allowed = _allowed_keys(Config, loc, data)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{key}: unknown key{hint}; allowed here: {', '.join(allowed)}"
@@ -738,7 +772,7 @@ def parse_config(
         config = Config.model_validate(data)
     except ValidationError as exc:
         env_keys = {".".join(keys): name for name, keys, _ in _env_overrides(env)}
-        raise ConfigError(source, [_format_error(e, env_keys) for e in exc.errors()]) from exc
+        raise ConfigError(source, [_format_error(e, env_keys, data) for e in exc.errors()]) from exc
     return config.resolved(base or Path.cwd())
 
 

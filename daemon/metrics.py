@@ -42,6 +42,12 @@ CONNECTIONS_REFUSED = Counter(
     "A-ASSOCIATE-RQ in time: too large, too slow, undecodable, TLS), busy "
     "(node.max_associations), pdu (a PDU refused after negotiation: too large, too slow, "
     "undecodable).", ["stage"])
+CONTEXTS_REFUSED = Counter(
+    "radtriage_contexts_refused", "SOP classes refused at association negotiation (the sender "
+    "sees no presentation context), once per association and label: by sop_class (its name, "
+    "e.g. MR Image Storage, when a known SOP class, else other) and reason (sop_class: not "
+    "accepted here; transfer_syntax: none of those proposed can be decoded; rejected).",
+    ["sop_class", "reason"])
 WEB_LOGINS = Counter(
     "radtriage_web_logins", "Dashboard login attempts, by outcome (succeeded, failed, throttled).",
     ["outcome"])

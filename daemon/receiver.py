@@ -20,6 +20,11 @@ Hostile input (issue 17):
   names it under another study or series, or with other bytes, is refused (0xC409,
   :class:`InstanceConflict`), kept in quarantine, and a ``conflict`` event is added to the
   stored study (with both SHA-256 for other bytes); the stored copy is never touched;
+* an association is rejected unless it calls radtriage by ``node.ae_title`` (when
+  ``node.require_called_ae``, the default; called AE title not recognised, PS3.8 9.3.4), and a
+  presentation context refused at negotiation (an MR, CT, ... instance; a transfer syntax
+  radtriage cannot decode) is logged, one line per association, and counted
+  (``radtriage_contexts_refused``): the sender only sees "no presentation context";
 * identifiers from the network (calling AE title, UIDs, reasons that quote them) are logged
   with ``%r`` or escaped (:func:`daemon.logs.escape_controls`), in the log and in the
   quarantine note alike: a newline or a NUL in a UID cannot forge a line.
@@ -40,9 +45,10 @@ from typing import Callable, NoReturn
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association as NetAssociation
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -60,6 +66,7 @@ from daemon.logs import escape_controls, study_logger
 from db import Association, Database, Event, EventKind, Instance, Study, StudyState, utcnow
 from dicom_io.deflate import read_file
 from dicom_io.errors import (
+    describe,
     DicomIOError,
     InstanceTooLarge,
     InvalidInstance,
@@ -203,6 +210,107 @@ def read_header(path: Path, *, sop_uid: str, sop_class_uid: str,
                           procedure_priority)
 
 
+#: Result of a refused presentation context (PS3.8 Table 9-18) -> the ``reason`` label of
+#: ``radtriage_contexts_refused`` and what the log says
+CONTEXT_REFUSALS: dict[int, tuple[str, str]] = {
+    0x01: ("rejected", "rejected by radtriage"),  # user rejection: a role it does not take
+    0x02: ("rejected", "rejected, no reason given"),  # provider rejection
+    0x03: ("sop_class", "SOP class not accepted"),  # abstract syntax not supported
+    0x04: ("transfer_syntax", "no transfer syntax radtriage can decode"),
+}
+#: UIDs pydicom does not know shown in one log line at most (the rest are counted); known SOP
+#: classes are all named (an association proposes at most 128 contexts, and DCMTK's storescu
+#: proposes some 60 by default)
+_UNKNOWN_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class RefusedContext:
+    """A SOP class refused in one association, and why."""
+
+    #: the metric label: the SOP class's name when pydicom knows it as one, else "other" (a UID
+    #: from the wire is never a label: the label values stay a fixed, small set)
+    label: str
+    #: what the log shows: that name, or the UID as sent (``%r``-quoted, cut to 64 characters)
+    shown: str
+    #: a ``reason`` label of :data:`CONTEXT_REFUSALS`
+    reason: str
+    #: what the log says of why
+    why: str
+
+
+def _known(uid: str) -> UID | None:
+    """``uid`` as a pydicom UID when it is valid (pydicom warns of an invalid one, quoting it),
+    else None."""
+    return UID(uid) if len(uid) <= 64 and RE_VALID_UID.match(uid) else None
+
+
+def sop_class_name(uid: str) -> str | None:
+    """The name of a SOP class pydicom knows (e.g. "MR Image Storage"), else None."""
+    known = _known(uid)
+    return known.name if known is not None and known.type in ("SOP Class", "Meta SOP Class") \
+        else None
+
+
+def refused_contexts(rejected: list[PresentationContext], accepted: list[PresentationContext],
+                     requested: list[PresentationContext]) -> list[RefusedContext]:
+    """The SOP classes refused in an association, once each, in the order proposed.
+
+    A context refused for its transfer syntaxes whose SOP class another context of the
+    association got (a sender proposing each transfer syntax on its own) is not a refusal:
+    the class can still be sent. The proposed transfer syntaxes are named for the others."""
+    ok = {str(cx.abstract_syntax) for cx in accepted}
+    proposed = {cx.context_id: cx for cx in requested}
+    out: dict[tuple[str, str], RefusedContext] = {}
+    for cx in rejected:
+        uid = str(cx.abstract_syntax or "")
+        if uid in ok:
+            continue
+        reason, why = CONTEXT_REFUSALS.get(int(cx.result or 0), ("rejected", "rejected"))
+        if reason == "transfer_syntax" and cx.context_id in proposed:
+            names = [_name_of(str(ts)) for ts in proposed[cx.context_id].transfer_syntax]
+            why = f"{why}: {', '.join(names)}" if names else why
+        name = sop_class_name(uid)
+        key = (uid, why)
+        if key not in out:
+            out[key] = RefusedContext(name or "other", name or repr(uid[:64]), reason, why)
+    return list(out.values())
+
+
+def _name_of(uid: str) -> str:
+    known = _known(uid)
+    return known.name if known is not None and known.name != uid else repr(uid[:64])
+
+
+def refusal_text(refused: list[RefusedContext]) -> str:
+    """One line: the refused SOP classes grouped by why, e.g. "MR Image Storage, CT Image
+    Storage (SOP class not accepted)"; at most :data:`_UNKNOWN_SHOWN` UIDs pydicom does not
+    know are quoted per group, the rest counted."""
+    groups: dict[str, list[RefusedContext]] = {}
+    for r in refused:
+        groups.setdefault(r.why, []).append(r)
+    parts = []
+    for why, group in groups.items():
+        shown = [r.shown for r in group if r.label != "other"]
+        unknown = [r.shown for r in group if r.label == "other"]
+        shown += unknown[:_UNKNOWN_SHOWN]
+        more = len(unknown) - _UNKNOWN_SHOWN
+        names = ", ".join(shown) + (f" and {more} other UID(s)" if more > 0 else "")
+        parts.append(f"{names} ({why})")
+    return "; ".join(parts)
+
+
+def failure_status(code: int, exc: BaseException) -> Dataset:
+    """A C-STORE failure response's status: ``code`` and an Error Comment (0000,0902) saying why,
+    so the sender's log (storescu, a PACS's send queue) shows more than a number. An LO: 64
+    characters of printable ASCII, from :func:`dicom_io.errors.describe` (never a header value)."""
+    status = Dataset()
+    status.Status = code
+    text = describe(exc).encode("ascii", "replace").decode("ascii")
+    status.ErrorComment = "".join(c if c.isprintable() and c != "\\" else " " for c in text)[:64].strip()
+    return status
+
+
 class Receiver:
     """radtriage's Storage SCP. ``on_stored`` and ``on_released`` wake the scheduler."""
 
@@ -233,6 +341,9 @@ class Receiver:
         self.ae.network_timeout = node.network_timeout_s
         if node.allowed_calling_aes:
             self.ae.require_calling_aet = list(node.allowed_calling_aes)
+        # another called AE title: A-ASSOCIATE-RJ (permanent, service user, called AE title
+        # not recognised), logged by _on_rejected
+        self.ae.require_called_aet = node.require_called_ae
         syntaxes = decodable_transfer_syntaxes()
         for sop_class in RADIOGRAPH_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, syntaxes)
@@ -259,6 +370,7 @@ class Receiver:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_end, ["released"]),
@@ -323,14 +435,42 @@ class Receiver:
         return assoc_id
 
     def _on_rejected(self, event: evt.Event) -> None:
+        """pynetdicom rejected the association: say why, once."""
         req = event.assoc.requestor
         calling = (req.ae_title or "").strip()
-        allowed = self.config.node.allowed_calling_aes
-        if allowed and calling not in allowed:
-            why = "calling AE title not in node.allowed_calling_aes"
-        else:  # node.max_associations is refused (and logged) by daemon.transport, before here
-            why = "association negotiation failed"
-        log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port, why)
+        called = str(getattr(req.primitive, "called_ae_title", "") or "").strip()
+        node = self.config.node
+        why = []
+        if node.require_called_ae and called != node.ae_title:
+            why.append(f"called AE title {called!r} is not node.ae_title ({node.ae_title}; "
+                       "node.require_called_ae)")
+        if node.allowed_calling_aes and calling not in node.allowed_calling_aes:
+            why.append("calling AE title not in node.allowed_calling_aes")
+        # node.max_associations is refused (and logged) by daemon.transport, before here
+        log.warning("rejected association from %r at %s:%s: %s", calling, req.address, req.port,
+                    "; ".join(why) or "association negotiation failed")
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        """Log the presentation contexts refused in an accepted association, one line for the
+        association, and count them (the sender only sees "no presentation context").
+
+        A WARNING when the sender can send no radiograph in it (none accepted, or one refused
+        for its transfer syntaxes); else INFO: many senders (DCMTK's storescu by default)
+        propose every storage class they know alongside the radiographs they send."""
+        assoc = event.assoc
+        refused = refused_contexts(assoc.rejected_contexts, assoc.accepted_contexts,
+                                   assoc.requestor.requested_contexts)
+        if not refused:
+            return
+        for sop_class, why in sorted({(r.label, r.reason) for r in refused}):
+            metrics.CONTEXTS_REFUSED.labels(sop_class, why).inc()
+        radiographs = any(str(cx.abstract_syntax) in RADIOGRAPH_SOP_CLASSES
+                          for cx in assoc.accepted_contexts)
+        level = logging.INFO if radiographs and all(r.reason == "sop_class" for r in refused) \
+            else logging.WARNING
+        req = assoc.requestor
+        log.log(level, "refused presentation context(s) proposed by %r at %s:%s: %s",
+                (req.ae_title or "").strip(), req.address, req.port, refusal_text(refused))
 
     def _on_requested(self, event: evt.Event) -> None:
         """A-ASSOCIATE-RQ received: turn away an AE title calling from an address not its own."""
@@ -396,7 +536,7 @@ class Receiver:
 
     # -- C-STORE ---------------------------------------------------------------------------
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         req = event.request
         sop_uid = str(req.AffectedSOPInstanceUID or "")  # as sent: logged with %r, never raw
         sop_class = str(req.AffectedSOPClassUID or "")
@@ -442,7 +582,7 @@ class Receiver:
             metrics.INSTANCES_RECEIVED.labels("failed" if code == Status.PROCESSING_FAILURE else "refused").inc()
             log.error("C-STORE of %r from %r refused with 0x%04X: %s", sop_uid[:64], calling,
                       code, exc, exc_info=not isinstance(exc, _EXPECTED))
-            return code
+            return failure_status(code, exc)
         finally:
             if tmp is not None:
                 discard(tmp)

@@ -1,8 +1,10 @@
 """The running daemon: wires config, database, model, receiver, scheduler, worker and dispatch.
 
-``Service(config).start()`` brings everything up in dependency order and fails fast with a
-clear message (bad checkpoint, port in use, database unreachable). ``stop()`` stops taking new
-associations, lets in-flight C-STOREs and the study being scored finish, and closes down.
+``Service(config).start()`` runs the start-up checks (``daemon.startup``, shared with
+``radtriage check-config``), brings everything up in dependency order and fails fast with one
+line naming the setting (bad checkpoint, port in use, database unreachable). ``stop()`` stops
+taking new associations, lets in-flight C-STOREs and the study being scored finish, and closes
+down; after a failed start it closes only what was started.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from daemon.dispatch import Dispatcher
 from daemon.receiver import Receiver
 from daemon.retention import apply_retention
 from daemon.retry import revive_deliveries
+from daemon.startup import (FILE_CHECKS, StartupError, describe_url, load_model,
+                            model_device, model_preprocessing, one_line)  # the first two imported from here too
 from daemon import metrics
 from daemon.worker import (ScoringWorker, StudyScorer, ViewScorer, as_engine, build_pool,
                            engine_options, recover)
@@ -31,27 +35,18 @@ from inference.engine import InferenceEngine
 from db import Database, utcnow
 from dicom_io.destinations import Destination, DicomStore
 from dicom_io.errors import SendError
-from dicom_io.pixels import Preprocessing
 from dicom_io.prepare import PreparePool
 
 log = logging.getLogger(__name__)
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says what to fix."""
-
-
 def load_scorer(config: Config) -> ViewScorer:
     """Load the configured checkpoint onto the configured device (torch imported only here)."""
-    from inference.errors import CheckpointError
-    from inference.model import Scorer, load_checkpoint, select_device
+    from inference.model import Scorer
 
     m = config.model
-    try:
-        model, card = load_checkpoint(m.checkpoint, allow_untrained=m.allow_untrained)
-        device = select_device(m.device)
-    except CheckpointError as exc:
-        raise StartupError(f"model.checkpoint: {exc}") from exc
+    model, card = load_model(config)
+    device = model_device(config)
     if not card.trained:
         log.warning("serving UNTRAINED model %s %s because model.allow_untrained is true: "
                     "its scores mean nothing", card.name, card.version)
@@ -67,7 +62,7 @@ def load_scorer(config: Config) -> ViewScorer:
                         cpu_threads=m.cpu_threads, precision=m.precision,
                         compile=resolve_compile(m.compile, device))
     except RuntimeError as exc:  # e.g. out of memory moving the model onto the GPU
-        raise StartupError(f"model.device: cannot put the model on {device}: {exc}") from exc
+        raise StartupError(f"model.device: cannot put the model on {device}: {one_line(exc)}") from exc
     if m.warm_up:
         seconds = scorer.warm_up()
         log.info("model warmed up in %.1f s", seconds)
@@ -94,27 +89,6 @@ def build_engine(config: Config, scorer: ViewScorer | None = None) -> InferenceE
     return engine.start()
 
 
-def model_preprocessing(config: Config, card: "ModelCard") -> Preprocessing:  # noqa: F821
-    """The model's preprocessing, which must be exactly what ``preprocessing:`` in the config says.
-
-    Raises StartupError listing every setting where the two differ: a model served with other
-    preprocessing than it was trained with gives scores that mean nothing.
-    """
-    try:
-        trained = Preprocessing.from_card(card.preprocessing)
-    except (TypeError, ValueError) as exc:
-        raise StartupError(f"model.checkpoint: the card of {card.name} {card.version} has "
-                           f"unusable preprocessing: {exc}") from exc
-    wanted = Preprocessing(**config.preprocessing.model_dump(), mean=trained.mean, std=trained.std)
-    diffs = wanted.differences(trained)
-    if diffs:
-        raise StartupError(
-            f"preprocessing: config.yaml and the model {card.name} {card.version} disagree "
-            f"(config vs model): {'; '.join(diffs)}. Set preprocessing: to what the model was "
-            "trained with")
-    return trained
-
-
 def _tls(tls):  # type: ignore[no-untyped-def]
     from dicom_io.destinations import TLSOptions
 
@@ -130,7 +104,9 @@ def build_destination(d, config: Config) -> Destination:  # type: ignore[no-unty
     try:
         return _build_destination(d, config)
     except SendError as exc:
-        raise StartupError(f"destinations: {d.name}: {exc}") from exc
+        reason = one_line(exc)
+        reason = reason[len(d.name) + 2:] if reason.startswith(f"{d.name}: ") else reason
+        raise StartupError(f"destinations: {d.name}: {reason}") from exc
 
 
 def _build_destination(d, config: Config) -> Destination:  # type: ignore[no-untyped-def]
@@ -158,6 +134,9 @@ def build_destinations(config: Config) -> dict[str, Destination]:
 
 
 class Service:
+    """The daemon. ``start()`` brings it up or raises :class:`StartupError` (one line, naming
+    the setting to fix); ``stop()`` closes whatever was started, also after a failed start."""
+
     def __init__(
         self,
         config: Config,
@@ -165,72 +144,104 @@ class Service:
         scorer: ViewScorer | None = None,
         destinations: dict[str, Destination] | None = None,
         clock: Callable = utcnow,  # type: ignore[type-arg]
+        source: str | None = None,
     ) -> None:
+        """``source``: the config file's name as the admin gave it, for messages (``crop.yaml``)."""
         self.config = config
         self.clock = clock
+        self.source = source
         self._scorer = scorer
         self._destinations = destinations
         self.db: Database | None = None
         self.receiver: Receiver | None = None
-        self.worker: ScoringWorker | None = None
+        self.worker: ScoringWorker | None = None  # set once its threads run
         self.pool: PreparePool | None = None
         self.engine: InferenceEngine | None = None
         self.dispatcher: Dispatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.web = None  # web.server.WebServer, when web.enabled
+        self._running = False
         self._stopped = threading.Event()
 
     # -- start -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Check, then start in dependency order: the checks that need no model first (a typo in
+        a path costs no model load), the model, the database, and the listening sockets last."""
         cfg = self.config
-        cfg.storage.path.mkdir(parents=True, exist_ok=True)
+        for check in FILE_CHECKS:  # daemon.startup: the same checks `check-config` runs
+            check(cfg)
+        destinations = self._destinations or build_destinations(cfg)
+        try:
+            cfg.storage.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"storage.path: cannot create {cfg.storage.path}: "
+                               f"{exc.strerror or exc}") from exc
         self.engine = build_engine(cfg, self._scorer)  # loads the model in its own thread
-        self.pool = build_pool(cfg, model_preprocessing(cfg, self.engine.card))
+        self.pool = build_pool(cfg, model_preprocessing(cfg, self.engine.card, self.source))
         p, o = self.pool.prep, self.pool.opts
         log.info("preprocessing %d px %s, crop %s, CLAHE %s; decoding at %s, reduced decoding %s, "
                  "multi-frame %s, %d preparation process(es)", p.size, p.resize,
                  "on" if p.crop else "off", "on" if p.clahe else "off",
                  f"{o.working_size} px" if o.working_size else "full size",
                  "on" if o.reduced_decode else "off", o.multiframe, self.pool.workers)
-        self.db = Database(cfg.database.url)
-        try:
-            self.db.migrate()
-            recover(self.db, self.clock())
-        except SQLAlchemyError as exc:
-            raise StartupError(f"database.url: cannot use {self.db.describe()}: {exc}") from exc
-        self.worker = ScoringWorker(StudyScorer(cfg, self.db, self.engine, clock=self.clock, pool=self.pool),
-                                    threads=cfg.model.studies_in_flight)
-        self.dispatcher = Dispatcher(self.db, self._destinations or build_destinations(cfg),
-                                     cfg.dispatch, cfg.storage.path, clock=self.clock)
-        self.scheduler = BackgroundScheduler(timezone="UTC")
-        self.scheduler.add_job(self._completion_tick, "interval", seconds=cfg.completion.sweep_interval_s,
-                               id="completion", max_instances=1, coalesce=True)
-        self.scheduler.add_job(self._dispatch_tick, "interval", seconds=cfg.dispatch.interval_s,
-                               id="dispatch", max_instances=1, coalesce=True)
-        self.scheduler.add_job(self._retry_tick, "interval", seconds=cfg.scoring.retry_initial_s,
-                               id="retry", max_instances=1, coalesce=True)
-        if cfg.storage.retention_days > 0:
-            self.scheduler.add_job(self._retention_tick, "interval", seconds=cfg.storage.retention_interval_s,
-                                   id="retention", max_instances=1, coalesce=True,
-                                   next_run_time=utcnow())  # and once at start
-        self.worker.on_scored = self._dispatch_now
+        self.db = self._database()
+        self.dispatcher = Dispatcher(self.db, destinations, cfg.dispatch, cfg.storage.path,
+                                     clock=self.clock)
+        self.scheduler = self._scheduler()
         self.receiver = Receiver(cfg, self.db, clock=self.clock, on_released=self._released)
         try:
             self.receiver.start()
         except AccessError as exc:
-            raise StartupError(str(exc)) from exc
+            raise StartupError(one_line(exc)) from exc
         except OSError as exc:
             raise StartupError(
                 f"node.port: cannot listen on {cfg.node.host}:{cfg.node.port}: {exc.strerror or exc}"
             ) from exc
-        self.worker.start()
+        worker = ScoringWorker(StudyScorer(cfg, self.db, self.engine, clock=self.clock, pool=self.pool),
+                               threads=cfg.model.studies_in_flight)
+        worker.on_scored = self._dispatch_now
+        worker.start()
+        self.worker = worker
         self.scheduler.start()
         if cfg.web.enabled:
             self._start_web()
+        self._running = True
         log.info("radtriage is running: AE %s, port %s, %d destination(s), storage %s, database %s",
                  cfg.node.ae_title, self.receiver.port, len(cfg.destinations), cfg.storage.path,
                  self.db.describe())
+
+    def _database(self) -> Database:
+        """The database, at the newest schema, with what a crash left behind recovered."""
+        url = self.config.database.url
+        try:
+            db = Database(url)
+        except (SQLAlchemyError, OSError, ImportError, ValueError) as exc:
+            raise StartupError(f"database.url: cannot use {describe_url(url)}: "
+                               f"{one_line(exc)}") from exc
+        try:
+            db.migrate()
+            recover(db, self.clock())
+        except (SQLAlchemyError, OSError) as exc:
+            db.dispose()
+            raise StartupError(f"database.url: cannot use {db.describe()}: {one_line(exc)}") from exc
+        return db
+
+    def _scheduler(self) -> BackgroundScheduler:
+        """The periodic jobs (not started yet)."""
+        cfg = self.config
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(self._completion_tick, "interval", seconds=cfg.completion.sweep_interval_s,
+                          id="completion", max_instances=1, coalesce=True)
+        scheduler.add_job(self._dispatch_tick, "interval", seconds=cfg.dispatch.interval_s,
+                          id="dispatch", max_instances=1, coalesce=True)
+        scheduler.add_job(self._retry_tick, "interval", seconds=cfg.scoring.retry_initial_s,
+                          id="retry", max_instances=1, coalesce=True)
+        if cfg.storage.retention_days > 0:
+            scheduler.add_job(self._retention_tick, "interval", seconds=cfg.storage.retention_interval_s,
+                              id="retention", max_instances=1, coalesce=True,
+                              next_run_time=utcnow())  # and once at start
+        return scheduler
 
     def _start_web(self) -> None:
         """The dashboard, JSON API and /metrics (web/), on web.host:web.port; uploads are
@@ -311,11 +322,17 @@ class Service:
     # -- stop ------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop in order: no new associations, finish scoring, finish sends, close the database."""
+        """Stop in order: no new associations, finish scoring, finish sends, close the database.
+
+        Safe on a service that failed to start: only what was started is stopped (a component
+        is set on ``self`` once it runs, or once there is something to close)."""
         if self._stopped.is_set():
             return
         self._stopped.set()
-        log.info("stopping: finishing in-flight work")
+        if self._running:
+            log.info("stopping: finishing in-flight work")
+        else:
+            log.info("start-up failed: closing what was started")
         if self.web is not None:
             self.web.stop()
             if self.web.app.state.ctx.upload_pool is not None:

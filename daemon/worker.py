@@ -50,6 +50,7 @@ from dicom_io.errors import DicomIOError, StorageError, describe
 from dicom_io.bodypart import study_type_of_study
 from dicom_io.pixels import DecodeOptions, Preprocessing
 from dicom_io.prepare import PreparePool, PreparedView
+from dicom_io.reasons import not_analysed_reason
 from dicom_io.geometry import ViewGeometry, peak_box
 from dicom_io.heatmaps import encode_heatmap
 from dicom_io.sr import PRIORITIES, TriageReport, ViewScore, series_description
@@ -333,10 +334,8 @@ class StudyScorer:
         threshold = self.config.model.operating_threshold(card)
         rules = [(r.min_probability, r.priority) for r in self.config.priority.rules]
         priority = priority_for(probability, rules, self.config.priority.default)
-        reason = None
-        if probability is None:
-            errors = sorted({o.error for o in outcomes if o.error})
-            reason = "no view could be scored: " + "; ".join(errors) if errors else "no views"
+        # the full reason; the Series Description says it with a code (dicom_io.reasons)
+        reason = None if probability is not None else not_analysed_reason(o.error for o in outcomes)
         study_type = study_type_of_study(o.study_type for o in outcomes)
         report = TriageReport(
             probability=probability,
@@ -632,7 +631,8 @@ class ScoringWorker:
 
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
-            t.join(timeout)
+            if t.ident is not None:  # a thread never started (start-up failed) has nothing to join
+                t.join(timeout)
 
     def is_alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)

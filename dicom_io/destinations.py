@@ -18,9 +18,10 @@ import re
 import socket
 import ssl
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, cast
+from typing import Any, Callable, Iterator, Mapping, Protocol, cast
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -169,6 +170,106 @@ class _TLSAttempt:
         return wrapped
 
 
+# -- pynetdicom's log lines about our associations --------------------------------------------
+
+
+class _Send:
+    """One C-STORE under way: where to and for which study, the threads that act for its
+    association (the caller; pynetdicom's association and DUL threads) and what pynetdicom
+    said about it at WARNING or above."""
+
+    #: at most this many of pynetdicom's lines, each cut to LINE_CHARS, go into the SendError
+    MAX_LINES, LINE_CHARS = 6, 300
+
+    def __init__(self, where: str, study: str) -> None:
+        self.where, self.study = where, study
+        self.caller = threading.get_ident()
+        self.associations: list[Any] = []
+        self.said: list[str] = []
+
+    def acts_in(self, thread_id: int | None) -> bool:
+        if thread_id == self.caller:
+            return True
+        return any(thread_id in (a.ident, getattr(getattr(a, "dul", None), "ident", None))
+                   for a in self.associations)
+
+    def heard(self, message: str) -> None:
+        if len(self.said) < self.MAX_LINES:
+            self.said.append(message[:self.LINE_CHARS])
+
+    def detail(self, *, besides: str = "") -> str:
+        """What pynetdicom said, as ": line; line" (lines that only repeat ``besides`` left
+        out), or "" when it said nothing."""
+        lines = [line for line in self.said if line.strip().lower() != besides.lower()]
+        return f": {'; '.join(lines)}" if lines else ""
+
+
+class AssociationLog(logging.Filter):
+    """Labels pynetdicom's log records about our outgoing associations, and keeps them quiet.
+
+    pynetdicom logs a refused connection or a rejected association as two or three ERROR lines
+    that name neither the destination nor the study, from its own threads. While
+    :meth:`sending`, each record from a thread acting for that association gets the study
+    (``study``) and the destination (a prefix), and is lowered to DEBUG (written only where
+    pynetdicom's logger is set to DEBUG); what it said at WARNING or above is kept for the
+    send's :class:`SendError`, which the dispatcher logs once, as a WARNING naming both.
+    Records about other associations (the receiver's) pass untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sends: dict[int, _Send] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def sending(self, where: str, study: str) -> Iterator[_Send]:
+        self.install()
+        send = _Send(where, study)
+        with self._lock:
+            self._sends[send.caller] = send
+        try:
+            yield send
+        finally:
+            with self._lock:
+                self._sends.pop(send.caller, None)
+
+    def adopt(self, assoc: Any) -> None:
+        """The association the calling thread is opening now acts for its send."""
+        with self._lock:
+            send = self._sends.get(threading.get_ident())
+            if send is not None:
+                send.associations.append(assoc)
+
+    def install(self) -> None:
+        """Filter every pynetdicom logger (a logger's filters do not see its children's
+        records); idempotent, and cheap enough to run before each send."""
+        for name, logger in list(logging.Logger.manager.loggerDict.items()):
+            if (name == "pynetdicom" or name.startswith("pynetdicom.")) \
+                    and isinstance(logger, logging.Logger) and self not in logger.filters:
+                logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with self._lock:
+            if not self._sends:
+                return True
+            send = next((s for s in self._sends.values() if s.acts_in(record.thread)), None)
+        if send is None:
+            return True
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            send.heard(message)
+        record.msg, record.args = "%s: %s", (send.where, message)
+        record.study = send.study
+        if record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+#: The one filter on pynetdicom's loggers (installed by the first send).
+ASSOCIATION_LOG = AssociationLog()
+
+
 class _ClosingAE(AE):
     """pynetdicom's AE, remembering the sockets of its associations so the send can close them.
 
@@ -182,6 +283,7 @@ class _ClosingAE(AE):
         self.sockets: list[socket.socket] = []
 
     def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
+        ASSOCIATION_LOG.adopt(assoc)  # the association's threads now log for this send
         sock = super()._create_socket(assoc, address, tls_args)
         if sock.socket is not None:
             self.sockets.append(sock.socket)
@@ -232,15 +334,17 @@ class DicomStore:
         syntaxes = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         ae.add_requested_context(meta.SOPClassUID, syntaxes)
         try:
-            code = self._store(ae, path)
+            with ASSOCIATION_LOG.sending(self.describe(), str(meta.get("StudyInstanceUID", "-"))) as send:
+                code = self._store(ae, path, send)
         finally:
             ae.close_sockets()
         if code_to_category(code) == "Warning":
             _study_log(meta.get("StudyInstanceUID")).warning(
                 "%s accepted %s with warning 0x%04X", self.describe(), path.name, code)
 
-    def _store(self, ae: _ClosingAE, path: Path) -> int:
-        """Associate, C-STORE ``path``, release; the status code (Success or Warning)."""
+    def _store(self, ae: _ClosingAE, path: Path, send: _Send) -> int:
+        """Associate, C-STORE ``path``, release; the status code (Success or Warning). A
+        failure's SendError ends with what pynetdicom said about it (``send``)."""
         attempt = None
         tls_args = None
         if self._ssl_context is not None:
@@ -257,8 +361,10 @@ class DicomStore:
                 raise SendError(f"{self.describe()}: TLS handshake failed: "
                                 f"{_tls_reason(tls_error)}") from tls_error
             if assoc.is_rejected:
-                raise SendError(f"{self.describe()}: association rejected")
-            raise SendError(f"{self.describe()}: cannot connect (refused, down or timed out)")
+                raise SendError(f"{self.describe()}: association rejected"
+                                f"{send.detail(besides='association rejected')}")
+            raise SendError(f"{self.describe()}: cannot connect (refused, down or timed out)"
+                            f"{send.detail()}")
         try:
             status = assoc.send_c_store(path)
         except (OSError, ValueError, RuntimeError) as exc:
@@ -270,7 +376,8 @@ class DicomStore:
             tls_error = attempt.error if attempt is not None else None
             if tls_error is not None:
                 raise SendError(f"{self.describe()}: TLS failed: {_tls_reason(tls_error)}")
-            raise SendError(f"{self.describe()}: no C-STORE response (connection lost or timed out)")
+            raise SendError(f"{self.describe()}: no C-STORE response (connection lost or timed "
+                            f"out){send.detail()}")
         code = int(status.Status)
         category = code_to_category(code)
         if category not in ("Success", "Warning"):

@@ -69,6 +69,8 @@ from dicom_io.sr import (
     _evidence,
     _lo_text,
     _percent,
+    not_analysed_text,
+    reason_code,
 )
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "kos_description",
     "render_summary",
     "render_view_overlay",
+    "summary_reason",
     "verdict",
 ]
 
@@ -126,6 +129,15 @@ def verdict(report: TriageReport) -> str:
     if report.probability is None:
         return "NOT ANALYSED"
     return "ABNORMAL" if report.abnormal else "NORMAL"
+
+
+def summary_reason(report: TriageReport) -> str:
+    """What the summary image says of a study not analysed: its code (the Series Description's)
+    and its full reason, e.g. ``"Reason (BODY PART): no view could be scored: body part not
+    supported: 'SKULL'"``, in ASCII; empty for a study that was analysed."""
+    if report.probability is not None:
+        return ""
+    return _ascii(f"Reason ({reason_code(report)}): {not_analysed_text(report)}")
 
 
 def _ascii(text: str | None) -> str:
@@ -185,8 +197,11 @@ _VERDICT_COLOURS: dict[str, tuple[RGB, RGB]] = {
 }
 _PRIORITY_COLOURS: dict[str, RGB] = {"HIGH": _LIGHT_RED, "ELEVATED": _AMBER, "ROUTINE": _WHITE}
 
-#: lines of free text (notice, reason) drawn at most; the DICOM attributes carry it all
+#: lines of the notice drawn at most; the DICOM attributes carry it all
 _MAX_LINES = 4
+#: lines of a not-analysed study's reason drawn at most: its full reason, unless its views
+#: failed in more ways than that holds (then each view's tile still shows its own)
+_MAX_REASON_LINES = 12
 
 #: the heatmap is blended in above this value only, at most this opaque
 _HEAT_FLOOR = 0.4
@@ -319,8 +334,9 @@ def _header(report: TriageReport, width: int, *, compact: bool) -> np.ndarray:
         lines = _wrap(_ascii(report.notice), text_scale, text_t, inner)[:_MAX_LINES]
         y = _put_lines(canvas, lines, pad, y, text_scale, _YELLOW, text_t, spacing) + _px(12, s)
     if report.probability is None:
-        reason = _ascii(report.reason) or "no reason given"
-        lines = _wrap(f"Reason: {reason}", text_scale, text_t, inner)[:_MAX_LINES]
+        lines = _wrap(summary_reason(report), text_scale, text_t, inner)
+        if len(lines) > _MAX_REASON_LINES:
+            lines = lines[:_MAX_REASON_LINES - 1] + ["... (each view's reason is on its tile)"]
         y = _put_lines(canvas, lines, pad, y, text_scale, _WHITE, text_t, spacing) + _px(12, s)
     y += pad - _px(12, s)
     band = canvas[: y + _px(6, s)].copy()

@@ -4,13 +4,16 @@ The path of one view (every step a pure function of arrays and attributes, excep
 
     header checks        pixel data present, Rows x Columns x Bits agree with the data, photometric
                          interpretation supported, at most ``max_pixels`` pixels
-    decode               pydicom's pixel handlers (pylibjpeg, openjpeg, libjpeg plugins); JPEG 2000
-                         and HTJ2K at a reduced resolution level where the codestream has one
-                         (OpenJPEG through Pillow), so a 2k x 2k view decodes as 512 x 512;
-                         8-bit grey JPEG baseline at 1/2 to 1/8 scale (libjpeg through Pillow)
+    decode               pydicom's pixel handlers (pylibjpeg, openjpeg, libjpeg plugins); a
+                         lossless JPEG 2000 / HTJ2K codestream only to the resolution level the
+                         working image is made from (OpenJPEG through Pillow), so a 2k x 2k view
+                         decodes as 512 x 512: exactly the integers the next step makes of a
+                         full decode
     stored values        Bits Stored, High Bit and Pixel Representation honoured
     padding              Pixel Padding Value (and Range Limit) masked out of everything below
-    working resolution   area-downscaled so the shorter side is ``working_size`` (never upscaled)
+    working resolution   JPEG 2000's reversible 5/3 wavelet low-pass, as many levels as keep the
+                         shorter side >= ``working_size``, then area-averaged to it (never
+                         upscaled): every encoding of the same pixels gives the same image
     Modality LUT         Rescale Slope/Intercept, or the Modality LUT Sequence (pydicom)
     VOI LUT              the first window (VOI LUT Function LINEAR, LINEAR_EXACT or SIGMOID, the
                          formulas of PS3.3 C.11.2.1.2), or the first VOI LUT Sequence item
@@ -144,9 +147,12 @@ class DecodeOptions:
     """Run-time choices that do not belong to the model."""
 
     #: The shorter side at which a view is windowed and cropped (never upscaled); 0: full size.
+    #: A grey view gets there by JPEG 2000's reversible wavelet low-pass (the halvings that keep
+    #: the shorter side >= working_size), then an area average (:func:`working_values`).
     working_size: int = 512
-    #: Decode JPEG 2000 / HTJ2K at the smallest resolution level still >= working_size, and
-    #: 8-bit JPEG baseline at the smallest DCT scale still >= working_size.
+    #: Decode a lossless JPEG 2000 / HTJ2K codestream only to that low-pass resolution level:
+    #: the same tensor as a full decode, faster (``benchmarks/README.md``). False: every view
+    #: decoded in full.
     reduced_decode: bool = True
     #: A multi-frame instance: refused, or every frame prepared (and scored) on its own.
     multiframe: MultiFrameMode = "refuse"
@@ -157,12 +163,14 @@ class DecodeOptions:
 # -- reading and header checks ----------------------------------------------------------------
 
 
-def read_dataset(path: Path | str) -> Dataset:
+def read_dataset(path: Path | str, *, stop_before_pixels: bool = False,
+                 limit: int | None = None) -> Dataset:
     """The stored view at ``path``. A deflated one is inflated as a stream, its Pixel Data only
     when first read (:func:`dicom_io.deflate.read_file`), which :func:`check_header` does after
-    Rows x Columns x frames passed ``max_pixels``: a deflate bomb is refused from its header."""
+    Rows x Columns x frames passed ``max_pixels``: a deflate bomb is refused from its header.
+    ``limit``: a deflated data set may inflate to at most this many bytes (InstanceTooLarge)."""
     try:
-        return read_file(path)
+        return read_file(path, stop_before_pixels=stop_before_pixels, limit=limit)
     except OSError:
         raise
     except InvalidInstance as exc:  # a broken deflate stream
@@ -308,9 +316,12 @@ def _check_codestreams(ds: Dataset, frames: int) -> None:
 
 # -- decoding -----------------------------------------------------------------------------------
 
+#: JPEG 2000 / HTJ2K transfer syntaxes whose codestreams are lossless by definition
+J2K_LOSSLESS_SYNTAXES = frozenset({uid.JPEG2000Lossless, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL})
 
-def _reduction_levels(rows: int, cols: int, working_size: int) -> int:
-    """How many halvings keep the shorter side at least ``working_size``."""
+
+def wavelet_levels(rows: int, cols: int, working_size: int) -> int:
+    """How many halvings keep the shorter side at least ``working_size`` (0: none, or no limit)."""
     if working_size <= 0:
         return 0
     shorter, levels = min(rows, cols), 0
@@ -320,103 +331,199 @@ def _reduction_levels(rows: int, cols: int, working_size: int) -> int:
     return levels
 
 
-def _j2k_main_header(codestream: bytes) -> tuple[int, bool, int] | None:
-    """(precision, signed, decomposition levels) from a raw J2K codestream's SIZ and COD markers."""
-    if codestream[:4] != b"\xff\x4f\xff\x51":  # SOC then SIZ
+def low_pass_shape(rows: int, cols: int, levels: int) -> tuple[int, int]:
+    """The size of the low-pass band ``levels`` wavelet levels down (an image at the origin)."""
+    return -(-rows // (1 << levels)), -(-cols // (1 << levels))
+
+
+def _along(a: np.ndarray, axis: int, start: int | None, stop: int | None = None,
+           step: int | None = None) -> np.ndarray:
+    """``a[start:stop:step]`` along ``axis`` (a view)."""
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(start, stop, step)
+    return a[tuple(index)]
+
+
+def _low_pass_1d(x: np.ndarray, axis: int, dtype: type) -> np.ndarray:
+    """One level of the reversible 5/3 wavelet along ``axis``, its low-pass half (ITU-T T.800
+    F.3.8 / F.4.8.2, the first sample at an even index, whole-sample symmetric extension)::
+
+        d[n] = x[2n+1] - floor((x[2n] + x[2n+2]) / 2)      x[N] = x[N-2]
+        s[n] = x[2n] + floor((d[n-1] + d[n] + 2) / 4)      d[-1] = d[0], d[N/2] = d[N/2-1]
+
+    in exact integer arithmetic of ``dtype`` (``>>`` floors), on strided views of ``x`` (no
+    transposed copy, no copy of ``x`` in ``dtype``: the values are cast as they are read)."""
+    n = x.shape[axis]
+    if n < 2:
+        return x.astype(dtype)
+    cast = {"dtype": dtype, "casting": "unsafe"}  # the caller's dtype holds every value
+    even, odd = _along(x, axis, 0, None, 2), _along(x, axis, 1, None, 2)
+    m = odd.shape[axis]
+    d = np.empty(odd.shape, dtype)
+    if m > 1:
+        np.add(_along(even, axis, None, m - 1), _along(even, axis, 1, m), out=_along(d, axis, None, m - 1), **cast)
+    last = _along(even, axis, m, m + 1) if n % 2 else _along(even, axis, m - 1, m)
+    np.add(_along(even, axis, m - 1, m), last, out=_along(d, axis, m - 1, m), **cast)
+    d >>= 1
+    np.subtract(odd, d, out=d, **cast)
+    s = np.empty(even.shape, dtype)
+    np.add(_along(d, axis, 0, 1), _along(d, axis, 0, 1), out=_along(s, axis, 0, 1))
+    if m > 1:
+        np.add(_along(d, axis, None, m - 1), _along(d, axis, 1, m), out=_along(s, axis, 1, m))
+    if n % 2:
+        np.add(_along(d, axis, m - 1, m), _along(d, axis, m - 1, m), out=_along(s, axis, m, m + 1))
+    s += 2
+    s >>= 2
+    np.add(s, even, out=s, **cast)
+    return s
+
+
+def reversible_low_pass(values: np.ndarray, levels: int, *, bits: int, signed: bool) -> np.ndarray:
+    """The low-pass band ``levels`` levels down JPEG 2000's reversible 5/3 wavelet, clipped to
+    the range of ``bits`` bits: exactly what a lossless JPEG 2000 or HTJ2K codestream of these
+    values decodes to at that resolution level (vertical then horizontal at each level, as
+    T.800 F.4.2 transforms; a decoder clips what it returns).
+
+    The working image of every grey view is made from it (:func:`working_values`), so a view
+    decodes to the identical tensor whether its codestream was decoded at a resolution level
+    or its pixels came whole (uncompressed, RLE, JPEG-LS, a full decode): exact integers, no
+    tolerance. ``tests/dicom_io/test_same_pixels.py`` checks it against OpenJPEG on OpenJPEG-
+    and OpenJPH-made codestreams, odd sizes and clipping included. ``values`` must fit ``bits``
+    (:func:`decode` guarantees it).
+    """
+    if levels <= 0:
+        return values
+    # a pass at most doubles the range: 12 bits (4096 values) fit in int16 through the first
+    # level's two passes, 16 bits in int32 through many
+    x = values
+    for level in range(levels):
+        dtype = np.int16 if bits <= 12 and level == 0 else np.int32 if bits <= 16 else np.int64
+        x = _low_pass_1d(_low_pass_1d(x, 0, dtype), 1, dtype)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return np.clip(x, lo, hi)
+
+
+@dataclass(frozen=True)
+class J2KHeader:
+    """What the main header (and the first tile-part header) of a J2K codestream says."""
+
+    rows: int
+    columns: int
+    components: int
+    precision: int
+    signed: bool
+    levels: int  #: decomposition levels (COD)
+    reversible: bool  #: the 5/3 wavelet (COD transformation 1), not the irreversible 9/7
+    #: one tile, image and tile at the origin, no subsampling, no COC and no tile-part COD or
+    #: COC: the resolution levels are the whole image's, as :func:`reversible_low_pass` makes them
+    plain: bool
+
+
+def j2k_header(codestream: bytes) -> J2KHeader | None:
+    """The SIZ and COD of a raw J2K codestream (None: not one, or not parsed)."""
+    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 45:  # SOC then SIZ
         return None
+    u32 = [int.from_bytes(codestream[i:i + 4], "big") for i in range(8, 40, 4)]
+    xsiz, ysiz, xo, yo, xt, yt, xto, yto = u32
     siz_len = int.from_bytes(codestream[4:6], "big")
-    if siz_len < 41:
-        return None
     components = int.from_bytes(codestream[40:42], "big")
-    ssiz = codestream[42]
-    pos = 4 + siz_len
+    ssiz, xr, yr = codestream[42], codestream[43], codestream[44]
+    plain = (xo == yo == xto == yto == 0 and xt >= xsiz and yt >= ysiz and xr == yr == 1)
+    cod: bytes | None = None
+    pos, in_tile = 4 + siz_len, False
     while pos + 4 <= len(codestream) and codestream[pos] == 0xFF:
-        marker, length = codestream[pos + 1], int.from_bytes(codestream[pos + 2:pos + 4], "big")
-        if marker == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then the decomposition levels
-            if components != 1 or pos + 9 >= len(codestream):
-                return None
-            return (ssiz & 0x7F) + 1, bool(ssiz & 0x80), codestream[pos + 9]
-        if marker == 0x90:  # SOT: tile data, no COD in the main header
-            return None
+        marker = codestream[pos + 1]
+        if marker == 0x93:  # SOD: the tile-part's data starts
+            break
+        length = int.from_bytes(codestream[pos + 2:pos + 4], "big")
+        if marker == 0x52:  # COD: Scod, SGcod (4 bytes), SPcod (levels, ..., transformation)
+            if in_tile:
+                plain = False
+            elif pos + 14 <= len(codestream):
+                cod = codestream[pos + 4:pos + 14]
+        elif marker == 0x53:  # COC: component 0 coded otherwise
+            plain = False
+        elif marker == 0x90:  # SOT: now the first tile-part's header
+            in_tile = True
         pos += 2 + length
-    return None
+    if cod is None:
+        return None
+    return J2KHeader(rows=ysiz - yo, columns=xsiz - xo, components=components,
+                     precision=(ssiz & 0x7F) + 1, signed=bool(ssiz & 0x80), levels=cod[5],
+                     reversible=cod[9] == 1, plain=plain)
+
+
+def _low_pass_is_exact(ds: Dataset, header: J2KHeader, levels: int) -> bool:
+    """Whether the codestream's resolution level ``levels`` is, to the last integer, the
+    :func:`reversible_low_pass` of the view's pixels: a lossless 5/3 codestream of the whole
+    image, unsigned, clipped to Bits Stored as the display path needs, with enough levels.
+
+    A reversible codestream in JPEG 2000 or HTJ2K (the syntaxes that allow lossy ones) counts
+    as lossless unless the view says Lossy Image Compression 01: a truncated 5/3 codestream
+    would still match, except where its full decode was clipped."""
+    ts = ds.file_meta.TransferSyntaxUID
+    lossy = str(ds.get("LossyImageCompression", "") or "").strip() == "01"
+    return (header.reversible and header.plain and header.components == 1 and not header.signed
+            and header.levels >= levels and header.precision == _int(ds, "BitsStored")
+            and (ts in J2K_LOSSLESS_SYNTAXES or not lossy))
+
+
+def pillow_can_reduce(rows: int, cols: int, levels: int) -> bool:
+    """Whether Pillow (13) decodes resolution level ``levels`` of a ``rows`` x ``cols`` image:
+    it sizes the level as round(n / 2^levels) where OpenJPEG makes ceil(n / 2^levels), and
+    refuses the codestream ("broken data stream") where the two differ (e.g. 2049 rows at level
+    2); those views are decoded in full."""
+    power = 1 << levels
+    return all(int((n + (power >> 1)) / power) == -(-n // power) for n in (rows, cols))
 
 
 def _decode_j2k_reduced(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
-    """Stored values at a reduced resolution level, or None where that is not possible here."""
+    """Stored values at the resolution level the working image needs, where that level is
+    exactly the :func:`reversible_low_pass` of the whole image; None: decode in full."""
     rows, cols = int(ds.Rows), int(ds.Columns)
-    wanted = _reduction_levels(rows, cols, opts.working_size)
-    if (wanted == 0 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1
-            or "PixelPaddingValue" in ds):  # a resolution level blends padding into the anatomy
+    levels = wavelet_levels(rows, cols, opts.working_size)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if (levels == 0 or photometric not in GREY or int(ds.get("SamplesPerPixel", 1)) != 1
+            or number_of_frames(ds) != 1 or int(ds.get("PixelRepresentation", 0)) != 0
+            or "PixelPaddingValue" in ds  # padding is masked at full resolution
+            or "ModalityLUTSequence" in ds):  # a non-linear LUT comes before any averaging
         return None
     try:
         codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
     except (StopIteration, ValueError, struct.error) as exc:
         raise PixelDecodeError(f"cannot read the encapsulated frame ({transfer_syntax_name(ds)}): {exc}") from exc
-    header = _j2k_main_header(codestream)
+    header = j2k_header(codestream)
     if header is None:
         return None
-    precision, signed, levels = header
-    if signed != (int(ds.get("PixelRepresentation", 0)) == 1):  # pydicom reconciles; we cannot
-        return None
-    width = int.from_bytes(codestream[8:12], "big") - int.from_bytes(codestream[16:20], "big")
-    height = int.from_bytes(codestream[12:16], "big") - int.from_bytes(codestream[20:24], "big")
-    if (height, width) != (rows, cols):
+    if (header.rows, header.columns) != (rows, cols):
         raise InvalidInstance(f"Rows x Columns {rows} x {cols} contradict the JPEG 2000 "
-                              f"codestream's {height} x {width}")
-    if signed or precision > 16:
-        return None
-    reduce = min(wanted, levels)
-    if reduce == 0:
+                              f"codestream's {header.rows} x {header.columns}")
+    if not _low_pass_is_exact(ds, header, levels) or not pillow_can_reduce(rows, cols, levels):
         return None
     from PIL import Image  # Pillow's OpenJPEG binding can decode a resolution level
 
     try:
         with Image.open(io.BytesIO(codestream)) as im:
-            im.reduce = reduce
+            im.reduce = levels
             im.load()
             arr = np.asarray(im)
     except (OSError, ValueError, SyntaxError) as exc:  # let the full decoder try and report
         log.debug("reduced JPEG 2000 decoding failed, decoding in full: %s", exc)
         return None
-    if arr.ndim != 2:
+    if arr.shape != low_pass_shape(rows, cols, levels):
         return None
-    shift = arr.dtype.itemsize * 8 - precision  # Pillow scales to 8 or 16 bits: undo it
+    shift = arr.dtype.itemsize * 8 - header.precision  # Pillow scales to 8 or 16 bits: undo it
     if shift > 0:
         arr = arr >> shift
     return arr
 
 
-def _decode_jpeg_scaled(ds: Dataset, opts: DecodeOptions) -> np.ndarray | None:
-    """An 8-bit grey JPEG baseline frame decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)."""
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    scale = working_scale(rows, cols, opts.working_size)
-    if (scale > 0.5 or int(ds.get("SamplesPerPixel", 1)) != 1 or number_of_frames(ds) != 1
-            or int(ds.get("PixelRepresentation", 0)) == 1 or "PixelPaddingValue" in ds):
-        return None
-    codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(codestream)) as im:
-            if im.mode != "L":
-                return None
-            if im.size != (cols, rows):
-                raise InvalidInstance(f"Rows x Columns {rows} x {cols} contradict the JPEG "
-                                      f"codestream's {im.size[1]} x {im.size[0]}")
-            im.draft("L", (math.ceil(cols * scale), math.ceil(rows * scale)))
-            im.load()
-            arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as exc:  # let the full decoder try and report
-        log.debug("scaled JPEG decoding failed, decoding in full: %s", exc)
-        return None
-    return arr if arr.ndim == 2 else None
-
-
 def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
     """The stored pixel values: (frames, rows, cols[, 3]) after :func:`check_header`.
 
-    JPEG 2000 may come back at a reduced resolution level (fewer rows and columns).
+    A lossless JPEG 2000 or HTJ2K view may come back at the resolution level its working image
+    is made from (:func:`low_pass_shape`): the same integers :func:`reversible_low_pass` makes
+    of the full decode.
     """
     check_header(ds, opts)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -426,10 +533,6 @@ def decode(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> np.ndarray:
         arr = _decode_j2k_reduced(ds, opts)
         if arr is not None:
             _check_value_range(arr, ds)
-            return arr[None]
-    if opts.reduced_decode and ts == uid.JPEGBaseline8Bit:
-        arr = _decode_jpeg_scaled(ds, opts)
-        if arr is not None:
             return arr[None]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -513,12 +616,56 @@ def working_scale(rows: int, cols: int, working_size: int) -> float:
     return working_size / min(rows, cols)
 
 
+def working_shape(rows: int, cols: int, working_size: int) -> tuple[int, int]:
+    """(height, width) of a ``rows`` x ``cols`` view at the working resolution."""
+    scale = working_scale(rows, cols, working_size)
+    if scale >= 1.0:
+        return rows, cols
+    return max(1, round(rows * scale)), max(1, round(cols * scale))
+
+
 def downscale(values: np.ndarray, scale: float) -> np.ndarray:
     if scale >= 1.0:
         return values
     h, w = values.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(values, size, interpolation=cv2.INTER_AREA)
+
+
+def working_values(stored: np.ndarray, ds: Dataset, opts: DecodeOptions, level: int = 0) -> np.ndarray:
+    """One grey frame's stored values (unpadded, linear Modality LUT) at the working resolution,
+    float32: the :func:`reversible_low_pass` of :func:`wavelet_levels` levels (what a lossless
+    JPEG 2000 codestream decodes to at that resolution level), then area-averaged
+    (``cv2.INTER_AREA``) to :func:`working_shape`.
+
+    ``level`` 0: ``stored`` is the whole frame; else it is that low-pass already (:func:`decode`
+    at a resolution level of a ``ds.Rows`` x ``ds.Columns`` view): both give the same array.
+    """
+    if level == 0:
+        rows, cols = stored.shape
+        levels = wavelet_levels(rows, cols, opts.working_size)
+        if levels:
+            stored = reversible_low_pass(stored, levels, bits=_int(ds, "BitsStored", ds.get("BitsAllocated")),
+                                         signed=int(ds.get("PixelRepresentation", 0)) == 1)
+    else:
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        levels = wavelet_levels(rows, cols, opts.working_size)
+        if level != levels or stored.shape != low_pass_shape(rows, cols, levels):
+            raise PixelDecodeError(f"decoded {stored.shape[0]} x {stored.shape[1]} pixels at resolution "
+                                   f"level {level}, not the {levels} Rows x Columns {rows} x {cols} need")
+    values = stored.astype(np.float32)
+    h, w = working_shape(rows, cols, opts.working_size)
+    if values.shape == (h, w):
+        return values
+    return cv2.resize(values, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def resolution_level(frame_shape: tuple[int, ...], ds: Dataset, opts: DecodeOptions) -> int:
+    """0 when :func:`decode` gave the whole frame, else the resolution level it decoded."""
+    rows, cols = _int(ds, "Rows", frame_shape[0]), _int(ds, "Columns", frame_shape[1])
+    if tuple(frame_shape[:2]) == (rows, cols):
+        return 0
+    return wavelet_levels(rows, cols, opts.working_size)
 
 
 def _downscale_masked(values: np.ndarray, mask: np.ndarray | None,
@@ -651,8 +798,14 @@ def inverted(ds: Dataset) -> bool:
     return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
-def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions) -> np.ndarray:
-    """Stored values of one grey frame -> uint8 at the working resolution, bone bright."""
+def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions,
+                          level: int = 0) -> np.ndarray:
+    """Stored values of one grey frame -> uint8 at the working resolution, bone bright.
+
+    ``level``: the resolution level ``stored`` was decoded at (:func:`resolution_level`)."""
+    if level:  # a lossless codestream's resolution level: unpadded, no LUT (_decode_j2k_reduced)
+        values = apply_modality_lut(working_values(stored, ds, opts, level), ds).astype(np.float32)
+        return _shown(values, ds, None)
     mask = padding_mask(stored, ds)
     scale = working_scale(*stored.shape, opts.working_size)
     if "ModalityLUTSequence" in ds:  # a non-linear LUT: apply it before averaging pixels
@@ -663,9 +816,16 @@ def grey_frame_to_display(stored: np.ndarray, ds: Dataset, opts: DecodeOptions) 
         except (AttributeError, ValueError, TypeError, IndexError) as exc:
             raise InvalidInstance(f"the Modality LUT Sequence cannot be applied: {exc}") from exc
         values, mask = _downscale_masked(values, mask, scale)
-    else:
+    elif mask is not None:  # padding: averaged over the anatomy only, at full resolution
         values, mask = _downscale_masked(stored.astype(np.float32), mask, scale)
         values = apply_modality_lut(values, ds).astype(np.float32)
+    else:
+        values = apply_modality_lut(working_values(stored, ds, opts), ds).astype(np.float32)
+    return _shown(values, ds, mask)
+
+
+def _shown(values: np.ndarray, ds: Dataset, mask: np.ndarray | None) -> np.ndarray:
+    """Modality values at the working resolution -> uint8: VOI, inversion, padding black."""
     shown, _how = voi(values, ds, mask)
     if inverted(ds):
         shown = 1.0 - shown
@@ -694,11 +854,13 @@ def display_frames(ds: Dataset, opts: DecodeOptions = DecodeOptions()) -> list[n
     """Decode and show every frame: uint8 H x W at the working resolution, bone bright."""
     arr = decode(ds, opts)
     photometric = str(ds.PhotometricInterpretation).strip().upper()
-    convert = grey_frame_to_display if photometric in GREY else colour_frame_to_display
     out = []
     for frame in arr:
         try:
-            out.append(convert(frame, ds, opts))
+            if photometric in GREY:
+                out.append(grey_frame_to_display(frame, ds, opts, resolution_level(frame.shape, ds, opts)))
+            else:
+                out.append(colour_frame_to_display(frame, ds, opts))
         except (TypeError, ValueError, AttributeError, KeyError, cv2.error) as exc:
             raise InvalidInstance(f"the display attributes cannot be applied: "
                                   f"{type(exc).__name__}: {exc}") from exc

@@ -19,7 +19,7 @@ Content tree (one study group, then one group per view)::
           Probability (122157, DCM) = p, units (1, UCUM, "no units")  TID 300
           Normality (121402, DCM) = Abnormal | Normal | Normality Undetermined
           Source of Measurement (121112, DCM): IMAGE, one per source image
-          Comment (121106, DCM) = notice / priority / "not analysed" reason / ...
+          Comment (121106, DCM) = notice / priority / "NOT ANALYSED: reason" / ...
         Measurement Group  -- a scored view with a peak region     TID 1410
           Tracking Identifier "AI triage (view N)", Finding Site, Algorithm
           Geometric purpose of region (130400, DCM) = Bounded by (75958009, SCT)
@@ -32,7 +32,9 @@ Content tree (one study group, then one group per view)::
           ... no Probability, Normality Undetermined, Comment "NOT SCORED: reason"
 
 A study that could not be analysed (``TriageReport.probability is None``) gets no Probability,
-Normality "Normality Undetermined" and a Comment saying why. Every report is PRELIMINARY and
+Normality "Normality Undetermined" and a Comment saying why in full (``NOT ANALYSED: no view
+could be scored: body part not supported: 'SKULL'``); its Series Description has a short code
+instead (:mod:`dicom_io.reasons`: ``AI TRIAGE: NOT ANALYSED - BODY PART``). Every report is PRELIMINARY and
 UNVERIFIED: it is an algorithm's output that no clinician has signed.
 
 Around the content: the algorithm is named in General Equipment (Manufacturer's Model Name =
@@ -66,6 +68,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_io.demographics import clean_dataset, declare_character_set, notes_text
+from dicom_io.reasons import NotAnalysed, not_analysed_code, not_analysed_reason
 
 __all__ = [
     "CONTRIBUTION_DESCRIPTION",
@@ -75,6 +78,8 @@ __all__ = [
     "TriageReport",
     "ViewScore",
     "build_triage_sr",
+    "not_analysed_text",
+    "reason_code",
     "series_description",
 ]
 
@@ -275,23 +280,40 @@ def _lo_text(text: str) -> str:
 _NOTICE_TAG = "DEMO MODEL"
 
 
+def reason_code(report: TriageReport) -> NotAnalysed | None:
+    """Why the study was not analysed, as a short code (:class:`dicom_io.reasons.NotAnalysed`)
+    derived from its views' reasons; None when it was analysed."""
+    if report.probability is not None:
+        return None
+    return not_analysed_code(v.error for v in report.views)
+
+
+def not_analysed_text(report: TriageReport) -> str:
+    """The full reason the study was not analysed: ``report.reason``, else the one its views'
+    reasons make (:func:`dicom_io.reasons.not_analysed_reason`). What the SR, the summary image
+    and the database carry; the Series Description has only the code."""
+    return report.reason or not_analysed_reason(v.error for v in report.views)
+
+
 def series_description(report: TriageReport) -> str:
     """Series Description that shows the triage flag in a viewer's series list.
 
     E.g. ``'AI TRIAGE: ABNORMAL 93% - PRIORITY HIGH'``,
     ``'AI TRIAGE: NORMAL 12% - PRIORITY ROUTINE'`` or
-    ``'AI TRIAGE: NOT ANALYSED - <reason>'`` (just ``'AI TRIAGE: NOT
-    ANALYSED'`` without a reason).  The percentage is rounded half up
-    (0.925 -> 93%); the text is truncated to the 64 characters an LO allows. A report with a
-    ``notice`` (the demo model's) says ``DEMO MODEL`` after the verdict:
+    ``'AI TRIAGE: NOT ANALYSED - BODY PART'``: a study not analysed says why with a code
+    (:func:`reason_code`; the full reason is in the SR's content and on the summary image).
+    The percentage is rounded half up (0.925 -> 93%). A report with a ``notice`` (the demo
+    model's) says ``DEMO MODEL`` after the verdict:
     ``'AI TRIAGE: NORMAL 12% - PRIORITY ROUTINE - DEMO MODEL'``,
-    ``'AI TRIAGE: NOT ANALYSED - DEMO MODEL - <reason>'``.
+    ``'AI TRIAGE: NOT ANALYSED - DEMO MODEL - BODY PART'``. Every one fits the 64 characters
+    an LO allows (the longest is 56).
     """
     if report.probability is None:
-        text = "AI TRIAGE: NOT ANALYSED" + (f" - {_NOTICE_TAG}" if report.notice else "")
-        reason = _lo_text(report.reason or "")
-        if reason:
-            text = f"{text} - {reason}"
+        parts = ["AI TRIAGE: NOT ANALYSED"]
+        if report.notice:
+            parts.append(_NOTICE_TAG)
+        parts.append(str(reason_code(report)))
+        text = " - ".join(parts)
     else:
         p = _check_probability(report.probability, "probability")
         if report.abnormal is None:
@@ -440,8 +462,7 @@ def _study_group(
     if report.probability is None:
         measurements = []
         normality = _NORMALITY_UNDETERMINED
-        reason = report.reason or "no reason given"
-        comments = [f"NOT ANALYSED: {reason}"]
+        comments = [f"NOT ANALYSED: {not_analysed_text(report)}"]
     else:
         measurements = [_probability(report.probability)]
         normality = _ABNORMAL if report.abnormal else _NORMAL

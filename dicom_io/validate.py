@@ -7,7 +7,11 @@ Interpretation) and the first bytes of each frame's first fragment. A 2048 x 204
 costs about 0.35 ms, native or compressed. A deflated data set is inflated as a stream
 (:class:`dicom_io.deflate.InflatedStream`: never whole in memory, at most ``max_inflated``
 bytes; some 0.5 s per 256 MB), once to learn its size, then walked. Offsets in messages are
-byte offsets in the file (in the inflated data set for a deflated one).
+byte offsets in the file (in the inflated data set for a deflated one). A message starts with
+``truncated:`` when the file ends before what it declares (an element's value, an item, a
+fragment, a delimiter). :func:`dicom_io.prepare.read_view` runs the same check on every view
+before it is read for scoring (``radtriage score``, uploads, the daemon), so a file cut short is
+reported as such, not as what pydicom's lenient reader makes of it.
 
 Checked at receive time (each failure raises :class:`~dicom_io.errors.InvalidInstance` whose
 message says what is wrong and where: tag, byte offset, expected and actual length; never a
@@ -273,8 +277,8 @@ class _Walker:
             if top and pos == r.size:
                 return
             if not top and end is None and pos == r.size:
-                raise InvalidInstance(f"{owner} of undefined length is never closed by an item "
-                                      f"delimiter (FFFE,E00D): the {self._stream()} ends at {pos}")
+                raise InvalidInstance(f"truncated: {owner} of undefined length is never closed by "
+                                      f"an item delimiter (FFFE,E00D): the {self._stream()} ends at {pos}")
             tag, vr, length, pos = self._header(implicit)
             if top and self.header_only and (tag == PIXEL_DATA or tag in FLOAT_PIXEL_DATA):
                 return
@@ -321,9 +325,9 @@ class _Walker:
             limit = r.size if end is None else end
             if value_at + length > limit:
                 inside = f"the {self._stream()}" if end is None else owner
-                raise InvalidInstance(f"{tag_str(tag)} at offset {pos} declares {length} bytes "
-                                      f"but only {max(0, limit - value_at)} are left in {inside} "
-                                      f"(ends at {limit})")
+                raise InvalidInstance(f"{_cut(limit, r.size)}{tag_str(tag)} at offset {pos} declares "
+                                      f"{length} bytes but only {max(0, limit - value_at)} are left in "
+                                      f"{inside} (ends at {limit})")
             if self._is_sequence(tag, vr, length):
                 self.sequence(tag, value_at + length, depth + 1, implicit)
                 r.seek(value_at + length)
@@ -352,7 +356,7 @@ class _Walker:
                 raise InvalidInstance(f"item {number} of {name} runs to offset {pos}, past the "
                                       f"end of the sequence ({end})")
             if end is None and pos == r.size:
-                raise InvalidInstance(f"{name} of undefined length is never closed by a sequence "
+                raise InvalidInstance(f"truncated: {name} of undefined length is never closed by a sequence "
                                       f"delimiter (FFFE,E0DD): the {self._stream()} ends at {pos}")
             limit = r.size if end is None else end
             if pos + 8 > limit:
@@ -377,8 +381,8 @@ class _Walker:
                 self.dataset(None, depth, False, owner, implicit)
                 continue
             if pos + 8 + length > limit:
-                raise InvalidInstance(f"{owner} at offset {pos} declares {length} bytes but only "
-                                      f"{limit - pos - 8} are left (ends at {limit})")
+                raise InvalidInstance(f"{_cut(limit, r.size)}{owner} at offset {pos} declares {length} "
+                                      f"bytes but only {limit - pos - 8} are left (ends at {limit})")
             self.dataset(pos + 8 + length, depth, False, owner, implicit)
 
     def fragments(self) -> list[tuple[int, int]]:
@@ -389,7 +393,7 @@ class _Walker:
         while True:
             pos = r.tell()
             if pos == r.size:
-                raise InvalidInstance(f"encapsulated Pixel Data (7FE0,0010) is never closed by a "
+                raise InvalidInstance(f"truncated: encapsulated Pixel Data (7FE0,0010) is never closed by a "
                                       f"sequence delimiter: the {self._stream()} ends at {pos} "
                                       f"after {len(items)} item(s)")
             if pos + 8 > r.size:
@@ -413,7 +417,7 @@ class _Walker:
                 raise InvalidInstance(f"{what} of Pixel Data at offset {pos} has the odd length "
                                       f"{length}")
             if pos + 8 + length > r.size:
-                raise InvalidInstance(f"{what} of Pixel Data at offset {pos} declares {length} "
+                raise InvalidInstance(f"truncated: {what} of Pixel Data at offset {pos} declares {length} "
                                       f"bytes but only {r.size - pos - 8} are left in the "
                                       f"{self._stream()}")
             items.append((pos, length))
@@ -429,6 +433,12 @@ class _Walker:
         if len(raw) != 2:
             raise InvalidInstance(f"{what} {tag_str(tag)} has {len(raw)} bytes, not 2 (VR US)")
         return int(self._u16.unpack(raw)[0])
+
+
+def _cut(limit: int, size: int) -> str:
+    """``"truncated: "`` when what overruns ``limit`` overruns the end of the file (or inflated
+    data set) itself, not only its item or sequence."""
+    return "truncated: " if limit == size else ""
 
 
 def _looks_explicit(vr: bytes) -> bool:
@@ -475,15 +485,16 @@ def _file_meta(r: _Reader) -> tuple[str, int]:
                                   f"after {tag_str(last)}")
         last = tag
         if length == UNDEFINED or pos + length > r.size:
-            raise InvalidInstance(f"File Meta element {tag_str(tag)} at offset {pos} declares "
-                                  f"{length} bytes, more than the file holds")
+            raise InvalidInstance(f"{'truncated: ' if length != UNDEFINED else ''}File Meta element "
+                                  f"{tag_str(tag)} at offset {pos} declares {length} bytes, more than "
+                                  "the file holds")
         value = r.read(length, f"the value of {tag_str(tag)}")
         if tag == 0x00020000:
             if length != 4:
                 raise InvalidInstance(f"File Meta group length (0002,0000) has {length} bytes")
             meta_end = r.tell() + struct.unpack("<L", value)[0]
             if meta_end > r.size:
-                raise InvalidInstance(f"File Meta group length (0002,0000) says the group ends "
+                raise InvalidInstance(f"truncated: File Meta group length (0002,0000) says the group ends "
                                       f"at {meta_end}, past the end of the file ({r.size})")
         elif tag == 0x00020010:
             ts = _text(value)
@@ -638,14 +649,18 @@ def _check_marker(family: str, head: bytes, length: int, where: str, ts: str, sa
 # -- the check -----------------------------------------------------------------------------
 
 
-def check_instance(path: Path, *, require_pixels: bool = True, max_inflated: int = MAX_INFLATED,
-                   max_pixels: int | None = None) -> None:
-    """Raise InvalidInstance if the Part 10 file at ``path`` is structurally broken.
+def check_instance(path: Path, *, require_pixels: bool = True, max_inflated: int | None = MAX_INFLATED,
+                   max_pixels: int | None = None, pixels: bool = True) -> None:
+    """Raise InvalidInstance if the Part 10 file at ``path`` is structurally broken; its message
+    starts with ``truncated:`` where the file (or inflated data set) ends before what it declares.
 
     ``require_pixels``: the file is an image and must carry Pixel Data (the receiver accepts
     images only). Raises UnsupportedInstance for a transfer syntax radtriage does not accept,
     and InstanceTooLarge for a deflated data set that inflates to more than ``max_inflated``
-    bytes or a deflated image of more than ``max_pixels`` pixels (None: no pixel limit).
+    bytes (None: no limit) or a deflated image of more than ``max_pixels`` pixels (None: no
+    pixel limit). ``pixels`` False: the structure only (elements, items, fragments, the deflate
+    stream), not the pixel description (Rows, Columns, lengths, the codestreams' markers), which
+    :func:`dicom_io.pixels.check_header` then judges as it decodes.
     """
     with Path(path).open("rb") as fp:
         size = os.fstat(fp.fileno()).st_size
@@ -656,17 +671,18 @@ def check_instance(path: Path, *, require_pixels: bool = True, max_inflated: int
             raise UnsupportedInstance(f"transfer syntax {ts[:64]!r} is not one radtriage accepts")
         if not syntax.deflated:
             r.seek(start)
-            _check_data_set(r, syntax, require_pixels, ts)
+            _check_data_set(r, syntax, require_pixels, ts, pixels)
             return
     with InflatedStream(path, start, limit=max_inflated) as stream:
         if max_pixels is not None:
             _check_pixel_count(stream, syntax, max_pixels)
         inflated = _Reader(stream, stream.size(), "in the inflated data set")
         inflated.seek(0)
-        _check_data_set(inflated, syntax, require_pixels, ts)
+        _check_data_set(inflated, syntax, require_pixels, ts, pixels)
 
 
-def _check_data_set(r: _Reader, syntax: _Syntax, require_pixels: bool, ts: str) -> None:
+def _check_data_set(r: _Reader, syntax: _Syntax, require_pixels: bool, ts: str,
+                    pixels: bool = True) -> None:
     """Walk the data set from the reader's position to its end, then check its pixels."""
     at = r.tell()
     if r.size - at >= 132 and r.read(132, "the start of the data set")[128:] == b"DICM":
@@ -675,7 +691,8 @@ def _check_data_set(r: _Reader, syntax: _Syntax, require_pixels: bool, ts: str) 
     r.seek(at)
     walker = _Walker(r, syntax)
     walker.dataset(None, 0, True, "the data set", syntax.implicit)
-    _check_pixels(walker, syntax, require_pixels, ts)
+    if pixels:
+        _check_pixels(walker, syntax, require_pixels, ts)
 
 
 def _check_pixel_count(stream: InflatedStream, syntax: _Syntax, max_pixels: int) -> None:
@@ -692,7 +709,7 @@ def _check_pixel_count(stream: InflatedStream, syntax: _Syntax, max_pixels: int)
     finally:
         stream.seek(0)
     if rows and columns and rows * columns * frames > max_pixels:
-        raise InstanceTooLarge(
-            f"a deflated image of Rows {rows} x Columns {columns} x {frames} frame(s) = "
-            f"{rows * columns * frames} pixels, more than limits.max_pixels ({max_pixels}): "
-            "refused before its pixel data is inflated")
+        raise InstanceTooLarge(  # worded as dicom_io.pixels.check_header words the same limit
+            f"a deflated image of {rows} x {columns} x {frames} frame(s) = {rows * columns * frames} "
+            f"pixels (Rows x Columns x frames) exceeds limits.max_pixels ({max_pixels}): refused "
+            "before its pixel data is inflated")

@@ -34,3 +34,18 @@ class HeatmapScorer(FixedScorer):
         hm = np.zeros((7, 7), np.float32)
         hm[self.hot] = 4.0
         return [(self.probability, hm.copy()) for _ in views]
+
+
+def drawn_text(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every line of text dicom_io.outputs burns into a summary image from now on, in order."""
+    from dicom_io import outputs
+
+    drawn: list[str] = []
+    put = outputs._put
+
+    def spy(img, text, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append(text)
+        return put(img, text, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "_put", spy)
+    return drawn

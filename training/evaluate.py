@@ -373,7 +373,9 @@ HELD_OUT_KEYS = ("auroc", "kappa", "accuracy", "sensitivity", "specificity", "ec
 def held_out_metrics(result: Mapping[str, Any], source: str = "metrics.json") -> dict[str, Any]:
     """An evaluation's ``metrics.json`` (what :func:`evaluate` returns) as the ``held_out`` entry
     of a model card's metrics: the overall figures, the threshold, the number of studies and
-    views, per study type AUROC and kappa, and ``set``, which data they were measured on.
+    views, per study type AUROC and kappa, and ``set``, which data they were measured on; and
+    what the dashboard's Model page plots: ``reliability`` (the diagram's bins) and ``roc``
+    (``fpr``, ``tpr``: the curve's corners, :func:`roc_outline`), where the evaluation has them.
     Raises ValueError naming ``source`` for anything else."""
     if not isinstance(result, Mapping) or result.get("format") != FORMAT:
         raise ValueError(f"{source}: not a radtriage evaluation ({FORMAT})")
@@ -390,9 +392,31 @@ def held_out_metrics(result: Mapping[str, Any], source: str = "metrics.json") ->
             model=f"{result['model']['name']} {result['model']['version']}",
             by_study_type={t: {"studies": m["n"], "auroc": m["auroc"], "kappa": m["kappa"]}
                            for t, m in result["by_study_type"].items()})
+        if overall.get("reliability"):
+            held["reliability"] = overall["reliability"]
+        scored = [s for s in result.get("studies", ()) if s["probability"] is not None]
+        points = M.roc([s["label"] for s in scored], [s["probability"] for s in scored])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{source}: not a complete radtriage evaluation (missing {exc})") from None
+    if points is not None:
+        held["roc"] = roc_outline(points["fpr"], points["tpr"])
     return held
+
+
+def roc_outline(fpr: Sequence[float], tpr: Sequence[float], digits: int = 5) -> dict[str, list[float]]:
+    """The corners of an ROC curve (every point where its direction changes; the first and
+    the last), rounded to ``digits``: the same curve in a few dozen points instead of one per
+    study, small enough for a model card."""
+    pts = [(round(float(x), digits), round(float(y), digits)) for x, y in zip(fpr, tpr)]
+    pts = [p for i, p in enumerate(pts) if i == 0 or p != pts[i - 1]]
+    keep = [pts[0]]
+    for prev, cur, nxt in zip(pts, pts[1:], pts[2:]):
+        turn = (cur[0] - prev[0]) * (nxt[1] - cur[1]) - (cur[1] - prev[1]) * (nxt[0] - cur[0])
+        if abs(turn) > 1e-12:
+            keep.append(cur)
+    if len(pts) > 1:
+        keep.append(pts[-1])
+    return {"fpr": [x for x, _ in keep], "tpr": [y for _, y in keep]}
 
 
 def evaluate(

@@ -8,10 +8,14 @@ Pages (HTML, server-rendered) and their JSON twins:
                                        state, time to result
 ``/studies/{id}``, ``/api/studies/{id}``  each view with its heatmap overlay and probability,
                                        the objects made, their deliveries, the audit events
-``/queue``, ``/api/queue``             pending and failing deliveries, dead letters; ``POST
+``/queue``, ``/api/queue``             failing and waiting deliveries (each once), dead letters; ``POST
                                        /queue/{id}/retry`` (``/api/queue/{id}/retry``)
-``/model``, ``/api/model``             the model card, threshold, priority rules and the daily
-                                       distribution of study probabilities
+``/model``, ``/api/model``             the model card, its metrics (a table per set, ROC and
+                                       reliability plots: ``/model/{set}/roc.png``,
+                                       ``reliability.png``), threshold, priority rules and the
+                                       daily distribution of study probabilities
+``/quarantine``, ``/api/quarantine``   what the receiver refused and kept, newest first, with
+                                       each note's calling AE, SOP Instance UID and reason
 ``/config``, ``/api/config``           the effective configuration, secrets masked
 ``/upload``, ``/api/upload`` (POST)    ad-hoc scoring of DICOM, PNG or JPEG files
 ``/metrics``                           Prometheus text format
@@ -137,8 +141,11 @@ def create_app(ctx: WebContext) -> FastAPI:
     templates.env.filters["pct"] = lambda p: "-" if p is None else f"{100 * p:.1f}%"
     templates.env.filters["secs"] = _seconds_text
     templates.env.filters["when"] = lambda t: "-" if not t else t.replace("T", " ")[:19]
+    templates.env.filters["flag_class"] = _flag_class
+    templates.env.filters["figure"] = _figure_text
     pictures: "OrderedDict[tuple[int, int], bytes]" = OrderedDict()
     pictures_lock = threading.Lock()
+    plots: dict[tuple[str, str, str], bytes] = {}  # (card, set, kind) -> PNG: a card never changes
     upload_lock = threading.Lock()
     from daemon.metrics import WEB_LOGINS
     from web.metrics import Exposition
@@ -340,23 +347,33 @@ def create_app(ctx: WebContext) -> FastAPI:
                       who: Principal = Depends(principal)) -> HTMLResponse:
         rows = _worklist(days, limit, state or None)
         return page(request, "worklist.html", who, rows=rows, days=days, state=state or "",
-                    states=[s.value for s in queries.StudyState], counts=queries.counts(ctx.db))
+                    states=[s.value for s in queries.StudyState], counts=queries.counts(ctx.db),
+                    notice=_served_notice(), quarantined=_quarantine(0).count)
 
     @app.get("/api/studies")
     def worklist_api(days: float = Query(7, gt=0, le=3650), limit: int = Query(200, ge=1, le=5000),
                      state: str | None = None, who: Principal = Depends(principal)) -> dict[str, Any]:
-        return {"studies": _worklist(days, limit, state or None)}
+        return {"notice": _served_notice(), "studies": _worklist(days, limit, state or None)}
+
+    def _served_notice() -> str | None:
+        """What the served model says about itself on every output (the demo model's DEMO
+        notice), shown above the worklist: every result there may be the demo model's."""
+        card = getattr(ctx.scorer, "card", None)
+        return card.notice if card is not None else None
 
     def _study(study_id: int) -> dict[str, Any]:
         try:
-            return queries.study_detail(ctx.db, study_id)
+            study = queries.study_detail(ctx.db, study_id)
         except queries.NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        current = study["current_result"]
+        study["notice"] = _notice(current) if current is not None else None
+        return study
 
     @app.get("/studies/{study_id}", response_class=HTMLResponse)
     def study_page(request: Request, study_id: DbId, who: Principal = Depends(principal)) -> HTMLResponse:
         study = _study(study_id)
-        return page(request, "study.html", who, study=study,
+        return page(request, "study.html", who, study=study, notice=study["notice"],
                     has_summary=queries.summary_path(ctx.db, study_id) is not None)
 
     @app.get("/api/studies/{study_id}")
@@ -410,6 +427,23 @@ def create_app(ctx: WebContext) -> FastAPI:
             return card.notice
         return None
 
+    # -- quarantine --------------------------------------------------------------------------
+
+    def _quarantine(limit: int):  # type: ignore[no-untyped-def]
+        from daemon.status import read_quarantine
+
+        return read_quarantine(cfg.storage.path, limit=limit)
+
+    @app.get("/quarantine", response_class=HTMLResponse)
+    def quarantine_page(request: Request, limit: int = Query(100, ge=1, le=5000),
+                        who: Principal = Depends(principal)) -> HTMLResponse:
+        return page(request, "quarantine.html", who, quarantine=_quarantine(limit).to_dict())
+
+    @app.get("/api/quarantine")
+    def quarantine_api(limit: int = Query(100, ge=1, le=5000),
+                       who: Principal = Depends(principal)) -> dict[str, Any]:
+        return _quarantine(limit).to_dict()
+
     # -- queue -------------------------------------------------------------------------------
 
     @app.get("/queue", response_class=HTMLResponse)
@@ -448,10 +482,13 @@ def create_app(ctx: WebContext) -> FastAPI:
     # -- model and config --------------------------------------------------------------------
 
     def _model(days: int) -> dict[str, Any]:
+        from web.modelcard import metric_sets
+
         card = getattr(ctx.scorer, "card", None)
         return {
             "loaded": card is not None,
             "card": card.to_dict() if card is not None else None,
+            "metric_sets": metric_sets(card.metrics) if card is not None else [],
             "display_name": card.display_name if card is not None else None,
             "notice": card.notice if card is not None else None,
             "checkpoint": str(cfg.model.checkpoint),
@@ -471,6 +508,28 @@ def create_app(ctx: WebContext) -> FastAPI:
     @app.get("/api/model")
     def model_api(days: int = Query(14, ge=1, le=365), who: Principal = Depends(principal)) -> dict[str, Any]:
         return _model(days)
+
+    @app.get("/model/{key}/{kind}.png")
+    def model_plot(key: str, kind: str, who: Principal = Depends(principal)) -> Response:
+        """The ROC or reliability plot of one set of the card's metrics, drawn once."""
+        from web import render
+        from web.modelcard import plot_figures, title_of
+
+        card = getattr(ctx.scorer, "card", None)
+        figures = plot_figures(card.metrics, key) if card is not None else None
+        if figures is None or kind not in ("roc", "reliability"):
+            raise HTTPException(404, f"the model card has no {key!r} metrics to plot")
+        which = (f"{card.name} {card.version} {card.sha256}", key, kind)
+        with pictures_lock:
+            data = plots.get(which)
+        if data is None:
+            try:
+                data = render.metrics_plot(kind, figures, title_of(key))
+            except render.PictureUnavailable as exc:
+                raise HTTPException(404, str(exc)) from exc
+            with pictures_lock:
+                plots[which] = data
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/config", response_class=HTMLResponse)
     def config_page(request: Request, who: Principal = Depends(principal)) -> HTMLResponse:
@@ -555,6 +614,23 @@ def create_app(ctx: WebContext) -> FastAPI:
 def _set_cookie(response: Response, name: str, value: str, web, *, max_age: int) -> None:  # type: ignore[no-untyped-def]
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True,
                         samesite="strict", secure=web.secure_cookies)
+
+
+def _flag_class(flag: str | None) -> str:
+    """The CSS class of a study's badge (:func:`web.queries.flag`): flag-HIGH, ...,
+    flag-not-analysed (grey), flag-none (no result yet)."""
+    if not flag:
+        return "flag-none"
+    return "flag-not-analysed" if flag == queries.NOT_ANALYSED else f"flag-{flag}"
+
+
+def _figure_text(value: Any, digits: int = 3) -> str:
+    """A metric in a table: three decimals, "-" where the card does not say."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def _seconds_text(s: float | None) -> str:

@@ -3,6 +3,10 @@
 Masked: every value whose key names a secret (password, secret, token, hash, key contents: a
 ``*_file`` path is shown, since a path is not the key), every HTTP header value of a DICOMweb
 destination (they carry ``Authorization``), and the password inside a database URL.
+
+Each destination shows the keys of its own ``type`` only (:func:`daemon.config.destination_keys`):
+the one ``Destination`` model holds every type's fields, and a DICOM destination listed with the
+HL7 defaults (``message: ORM^O01``) and ``url: null`` read as settings it has.
 """
 
 from __future__ import annotations
@@ -48,5 +52,11 @@ def mask(value: Any, key: str = "") -> Any:
 
 
 def masked_config(config) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """``config`` (a :class:`daemon.config.Config`) as JSON-able data with secrets masked."""
-    return mask(config.model_dump(mode="json"))
+    """``config`` (a :class:`daemon.config.Config`) as JSON-able data with secrets masked, each
+    destination with the keys of its type only."""
+    from daemon.config import destination_keys
+
+    data = config.model_dump(mode="json")
+    data["destinations"] = [{k: d[k] for k in destination_keys(d["type"])}
+                            for d in data.get("destinations", [])]
+    return mask(data)

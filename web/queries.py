@@ -34,6 +34,19 @@ _RESULT_RANK = case(PRIORITY_RANK, value=StudyResult.priority, else_=3)
 _DELIVERY_RANK = case(PRIORITY_RANK, value=Delivery.priority, else_=3)
 
 
+#: The flag of a result the model could not give: its priority is only the default the PACS
+#: was sent with the NOT ANALYSED report, and a ROUTINE badge would read as "the AI saw it".
+NOT_ANALYSED = "NOT ANALYSED"
+
+
+def flag(priority: str | None, analysed: bool | None) -> str | None:
+    """What a study's badge says: HIGH, ELEVATED, ROUTINE, or NOT ANALYSED; None: no result
+    yet. The worklist, the study page, the upload page and their JSON twins all use this."""
+    if priority is None and analysed is None:
+        return None
+    return NOT_ANALYSED if analysed is False else priority
+
+
 class NotFound(LookupError):
     """No such study or delivery."""
 
@@ -61,7 +74,8 @@ def _result_dict(r: StudyResult | None) -> dict[str, Any] | None:
         return None
     return {"id": r.id, "revision": r.study_revision, "created_at": _iso(r.created_at),
             "analysed": r.analysed, "reason": r.reason, "probability": r.probability,
-            "abnormal": r.abnormal, "priority": r.priority, "threshold": r.threshold,
+            "abnormal": r.abnormal, "priority": r.priority, "flag": flag(r.priority, r.analysed),
+            "threshold": r.threshold,
             "model": f"{r.model_name} {r.model_version}", "superseded": r.superseded,
             "series_description": r.series_description, "study_type": r.study_type,
             "sr_sop_instance_uid": r.sr_sop_instance_uid}
@@ -96,6 +110,7 @@ def worklist(db: Database, now: dt.datetime, *, days: float = 7, limit: int = 20
                 "time_to_result_s": _seconds(study.last_received_at, study.scored_at),
                 "instances": int(n or 0),
                 "priority": result.priority if result else None,
+                "flag": flag(result.priority, result.analysed) if result else None,
                 "probability": result.probability if result else None,
                 "abnormal": result.abnormal if result else None,
                 "analysed": result.analysed if result else None,
@@ -184,8 +199,12 @@ def _delivery_dict(d: Delivery) -> dict[str, Any]:
 
 
 def queue(db: Database, *, limit: int = 500) -> dict[str, list[dict[str, Any]]]:
-    """``waiting``: pending and sending deliveries, most urgent first (those that failed at least
-    once are ``failing`` too); ``dead``: deliveries given up on, newest first."""
+    """Every pending or sending delivery once, most urgent first: in ``failing`` when it failed
+    at least once (it has attempts and a last error), else in ``waiting``; ``dead``: deliveries
+    given up on, newest first.
+
+    (``failing`` used to be a subset of ``waiting``, and the queue page, which shows both
+    tables, listed each failing delivery twice.)"""
     def rows(s, q) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
         out = []
         for d, study_id, uid, superseded in s.execute(q).all():
@@ -198,12 +217,16 @@ def queue(db: Database, *, limit: int = 500) -> dict[str, list[dict[str, Any]]]:
             .join(StudyResult, StudyResult.id == Delivery.result_id)
             .join(Study, Study.id == StudyResult.study_id))
     with db.session() as s:
-        waiting = rows(s, base.where(Delivery.state.in_((DeliveryState.PENDING, DeliveryState.SENDING)))
-                       .order_by(_DELIVERY_RANK, Delivery.next_attempt_at, Delivery.id).limit(limit))
+        queued = rows(s, base.where(Delivery.state.in_((DeliveryState.PENDING, DeliveryState.SENDING)))
+                      .order_by(_DELIVERY_RANK, Delivery.next_attempt_at, Delivery.id).limit(limit))
         dead = rows(s, base.where(Delivery.state == DeliveryState.DEAD)
                     .order_by(Delivery.id.desc()).limit(limit))
-    return {"waiting": waiting, "failing": [d for d in waiting if d["attempts"] > 0 and d["last_error"]],
-            "dead": dead}
+    failing = [d for d in queued if _has_failed(d)]
+    return {"failing": failing, "waiting": [d for d in queued if not _has_failed(d)], "dead": dead}
+
+
+def _has_failed(delivery: dict[str, Any]) -> bool:
+    return delivery["attempts"] > 0 and bool(delivery["last_error"])
 
 
 def retry_delivery(db: Database, delivery_id: int, now: dt.datetime) -> dict[str, Any]:

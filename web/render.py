@@ -100,3 +100,60 @@ def summary_png(root: Path, relpath: str) -> bytes:
     except (OSError, InvalidDicomError, ValueError, AttributeError) as exc:
         raise PictureUnavailable(f"the summary image cannot be read: {exc}") from exc
     return png(np.asarray(rgb, dtype=np.uint8))
+
+
+def metrics_plot(kind: str, figures: Any, title: str) -> bytes:
+    """The PNG of a model card's set of figures (:mod:`web.modelcard`): ``roc`` (the curve
+    where the card holds it, and the operating point at the set's threshold) or
+    ``reliability`` (the diagram of :func:`training.evaluate.plot_reliability`). Drawn with
+    matplotlib's Agg canvas, no pyplot state: safe in the server's threads."""
+    import io
+
+    from web import modelcard
+
+    out = io.BytesIO()
+    if kind == "reliability":
+        from training.evaluate import plot_reliability
+
+        bins = modelcard.reliability_bins(figures)
+        if bins is None:
+            raise PictureUnavailable("the model card holds no reliability bins for this set")
+        plot_reliability(out, bins, modelcard.number(figures.get("ece")))  # type: ignore[arg-type]
+        return out.getvalue()
+    if kind != "roc" or not modelcard.has_roc(figures):
+        raise PictureUnavailable(f"no {kind} plot for this set")
+    _roc_figure(figures, title).savefig(out, format="png")
+    return out.getvalue()
+
+
+def _roc_figure(figures: Any, title: str) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from web import modelcard
+
+    # the size and layout of training.evaluate.plot_roc's figure, so both look alike
+    fig = Figure(figsize=(5.5, 5.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1)
+    auc = modelcard.number(figures.get("auroc"))
+    auc_text = "" if auc is None else f"AUROC {auc:.3f}"
+    points = modelcard.roc_points(figures)
+    if points is not None:
+        ax.plot(points[0], points[1], linewidth=2.2, color="black",
+                label=f"overall ({auc_text})" if auc_text else "overall")
+    elif auc_text:
+        ax.text(0.55, 0.3, f"{auc_text}\n(the card holds no curve: import the model\n"
+                           "with --evaluation to keep it)", ha="center", va="center", fontsize=8)
+    op = modelcard.operating_point(figures)
+    threshold = modelcard.number(figures.get("threshold"))
+    if op is not None:
+        ax.plot([op[0]], [op[1]], marker="o", color="tab:red", linestyle="none", clip_on=False,
+                zorder=5, label="operating point" + ("" if threshold is None else
+                                                     f" (threshold {threshold:g})"))
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="sensitivity (true positive rate)", title=f"ROC, study level: {title}")
+    ax.set_aspect("equal")
+    return fig

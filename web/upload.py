@@ -14,7 +14,7 @@ headers) is logged.
 
 Nothing is decoded before its size is known to be within ``limits.max_pixels``: a PNG's size is
 read from its IHDR chunk and a JPEG's from its frame header (:func:`image_size`); a DICOM
-file's header is read by :func:`dicom_io.deflate.read_file` (a deflated data set inflated as a
+file's header is read by :func:`dicom_io.prepare.read_view` (its structure checked first; a deflated data set inflated as a
 stream, only as far as the header, under ``limits.max_instance_mb``) and its size checked by
 :func:`dicom_io.pixels.check_header` before any pixel is read, as for a received view. A
 389 KB PNG of 20000 x 20000 pixels raised the process's peak memory by 770 MB when OpenCV
@@ -40,7 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from dicom_io.pixels import DecodeOptions, Preprocessing
-from dicom_io.prepare import PreparedView, prepare_view, thumbnail
+from dicom_io.prepare import PreparedView, prepare_view, read_view, thumbnail
+from web.queries import flag
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,7 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
     from pydicom.errors import InvalidDicomError
 
     from daemon.worker import score_views
-    from dicom_io.deflate import read_file
-    from dicom_io.errors import DicomIOError
+    from dicom_io.errors import DicomIOError, describe
     from dicom_io.bodypart import study_type_of_study
     from inference.policy import is_abnormal, priority_for, study_probability
     from web.render import overlay, png, report_for
@@ -213,15 +213,18 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
             path = Path(tmp) / f"{i}.{'dcm' if kind == 'dicom' else 'png' if kind == 'png' else 'jpg'}"
             path.write_bytes(f.data)
             if kind == "dicom":
-                try:  # the header only; a deflated one inflated as a stream, as far as the header
-                    ds = read_file(path, stop_before_pixels=True, limit=max_inflated)
+                try:  # the header only, once the structure is whole (a file cut short says
+                    # where); a deflated one inflated as a stream, as far as the header
+                    ds = read_view(path, pool.opts, stop_before_pixels=True,
+                                   max_inflated=max_inflated)
                     key, uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-                except DicomIOError as exc:  # a broken deflate stream, or one that inflates too far
-                    refused.append({"name": f.name, "error": f"not a readable DICOM file: {exc}"})
+                except DicomIOError as exc:  # radtriage's own reason: what is wrong, and where
+                    refused.append({"name": f.name, "error": str(exc)})
                     continue
                 except (OSError, InvalidDicomError, AttributeError, ValueError, TypeError, KeyError,
                         EOFError, struct.error, OverflowError) as exc:
-                    refused.append({"name": f.name, "error": f"not a readable DICOM file: {exc}"})
+                    refused.append({"name": f.name,
+                                    "error": f"not a readable DICOM file: {describe(exc)}"})
                     continue
             else:
                 key, uid = "", f"upload-{i}"
@@ -245,6 +248,7 @@ def score_upload(files: Sequence[UploadedFile], *, config, scorer, pool,  # type
                 "reason": None if probability is not None else "; ".join(
                     sorted({o.error for o in outcomes if o.error})) or "no views",
             }
+            result["flag"] = flag(result["priority"], probability is not None)
             report = report_for(result, notice=card.notice)
             result["views"] = []
             for n, (o, (_, _, _, name)) in enumerate(zip(outcomes, views), start=1):

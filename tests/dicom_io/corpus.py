@@ -208,19 +208,28 @@ def build_corpus(tmp_dir: Path, ds: Dataset) -> dict[str, Path]:
     for enc in ENCODINGS:
         if missing_encoder(enc) or not_applicable(enc, ds):
             continue
-        path = tmp_dir / f"{enc.name}.dcm"
-        if enc.tool == PYDICOM:
-            _write_with_pydicom(reference, enc, path)
-        elif enc.tool == OPENJPH:
-            _write_with_openjph(reference, enc, path)
-        else:
-            _run_dcmtk([enc.tool, *enc.args, str(source), str(path)])
-        written = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        if written != enc.uid:
-            raise CorpusError(f"{enc.tool} {' '.join(enc.args)} wrote {written.name}, "
-                              f"not {uid.UID(enc.uid).name}")
-        corpus[enc.uid] = path
+        corpus[enc.uid] = write_encoding(reference, enc, tmp_dir / f"{enc.name}.dcm", source=source)
     return corpus
+
+
+def write_encoding(reference: Dataset, enc: Encoding, path: Path, *, source: Path | None = None) -> Path:
+    """``reference`` (uncompressed, explicit VR little endian, with file meta) written to ``path``
+    by ``enc``'s encoder; ``source``: the same data set already saved (DCMTK reads a file).
+    Raises :class:`CorpusError` when the encoder fails or writes another transfer syntax."""
+    if enc.tool == PYDICOM:
+        _write_with_pydicom(reference, enc, path)
+    elif enc.tool == OPENJPH:
+        _write_with_openjph(reference, enc, path)
+    else:
+        if source is None:
+            source = path.with_name(path.stem + "-source.dcm")
+            reference.save_as(source, enforce_file_format=True)
+        _run_dcmtk([enc.tool, *enc.args, str(source), str(path)])
+    written = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if written != enc.uid:
+        raise CorpusError(f"{enc.tool} {' '.join(enc.args)} wrote {written.name}, "
+                          f"not {uid.UID(enc.uid).name}")
+    return path
 
 
 def _write_with_pydicom(source: Dataset, enc: Encoding, path: Path) -> None:

@@ -443,7 +443,7 @@ def test_summary_of_a_study_not_analysed(study):
     header = header_of(rgb, AMBER)
     words = ink(verdict_box(header, AMBER), (0, 0, 0), 80)
     assert text_similarity(words, "NOT ANALYSED") > 0.85
-    assert best_line(header, WHITE, "Reason: no view could be decoded") > 0.85
+    assert best_line(header, WHITE, "Reason (UNREADABLE): no view could be decoded") > 0.85
     assert best_line(header, YELLOW, DEMO) > 0.85
     # every tile says NOT SCORED (in its label strip and over the view), and why
     grid = below_header(rgb, AMBER)

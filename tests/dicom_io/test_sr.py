@@ -235,23 +235,24 @@ def test_series_description_examples():
         series_description(_report(0.12, False, "ROUTINE"))
         == "AI TRIAGE: NORMAL 12% - PRIORITY ROUTINE"
     )
-    assert (
-        series_description(_report(None, None, reason="no view could be decoded"))
-        == "AI TRIAGE: NOT ANALYSED - no view could be decoded"
-    )
-    assert series_description(_report(None, None)) == "AI TRIAGE: NOT ANALYSED"
+    # not analysed: a code from the views' reasons, never the free text (in the SR content)
+    skull = dataclasses.replace(_report(None, None, reason="no view could be scored: body part "
+                                        "not supported: 'SKULL'"),
+                                views=(ViewScore("1.2.3", None, "body part not supported: 'SKULL'"),))
+    assert series_description(skull) == "AI TRIAGE: NOT ANALYSED - BODY PART"
+    assert (series_description(dataclasses.replace(skull, notice="DEMO"))
+            == "AI TRIAGE: NOT ANALYSED - DEMO MODEL - BODY PART")
+    assert series_description(_report(None, None)) == "AI TRIAGE: NOT ANALYSED - NO IMAGES"
 
 
-def test_series_description_truncated_to_lo():
-    reason = "the model server did not answer within the configured timeout " * 3
-    text = series_description(_report(None, None, reason=reason))
-    assert len(text) <= 64
-    assert text.startswith("AI TRIAGE: NOT ANALYSED - the model server")
-    assert text == text.strip()
-    # backslash (LO value separator) and control characters are removed
-    text = series_description(_report(None, None, reason="bad\\path\nline"))
-    assert "\\" not in text and "\n" not in text
-    assert text == "AI TRIAGE: NOT ANALYSED - bad/path line"
+def test_series_description_never_quotes_the_reason():
+    """The reason may be long or odd; the description has its code only, within an LO."""
+    reason = "the model server did not answer within the configured timeout\\path\n" * 3
+    report = dataclasses.replace(_report(None, None, reason=reason),
+                                 views=(ViewScore("1.2.3", None, reason),))
+    text = series_description(report)
+    assert text == "AI TRIAGE: NOT ANALYSED - UNREADABLE"
+    assert len(text) <= 64 and "\\" not in text and "\n" not in text
 
 
 # --------------------------------------------------------------------------
@@ -367,7 +368,7 @@ def test_not_analysed(sources, tmp_path):
     report = not_analysed_report(sources)
     path, back = roundtrip(build(report, sources), tmp_path)
 
-    assert back.SeriesDescription == "AI TRIAGE: NOT ANALYSED - no view could be decoded"
+    assert back.SeriesDescription == "AI TRIAGE: NOT ANALYSED - UNREADABLE"
     assert back.CompletionFlag == "PARTIAL"
     assert back.PreliminaryFlag == "PRELIMINARY"
     assert back.VerificationFlag == "UNVERIFIED"
@@ -398,7 +399,7 @@ def test_a_demo_models_report_says_so(sources, tmp_path):
     not_analysed = dataclasses.replace(not_analysed_report(sources), notice=DEMO)
     (tmp_path / "na").mkdir()
     _, back = roundtrip(build(not_analysed, sources), tmp_path / "na")
-    assert back.SeriesDescription == "AI TRIAGE: NOT ANALYSED - DEMO MODEL - no view could be decoded"
+    assert back.SeriesDescription == "AI TRIAGE: NOT ANALYSED - DEMO MODEL - UNREADABLE"
     assert DEMO in texts(back) and "NOT ANALYSED: no view could be decoded" in texts(back)
     assert "DEMO" not in series_description(make_report(sources))  # only when the card says so
 

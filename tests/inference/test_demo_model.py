@@ -67,7 +67,7 @@ def test_the_embedded_defaults_serve_it() -> None:
 
 def test_its_scores_mean_something_on_unseen_phantoms(tmp_path: Path) -> None:
     """Twenty studies from a seed no model run used, scored by ``radtriage score``'s code."""
-    from daemon.cli import score_paths
+    from daemon.offline import score_paths
     from training.phantoms import generate
 
     generate(tmp_path / "unseen", studies=20, seed=2026, formats=("dicom",), workers=1)

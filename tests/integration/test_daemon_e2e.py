@@ -209,6 +209,10 @@ def test_access_and_sop_class_are_enforced_at_association(make_daemon, tmp_path)
     refused = storescu(daemon.port, files, aet="INTRUDER", check=False)
     assert refused.returncode != 0
     assert "reject" in (refused.stdout + refused.stderr).lower()
+    # radtriage must be called by its AE title (node.require_called_ae: true by default)
+    wrong = storescu(daemon.port, files, aec="ELSEWHERE", aet="PACS", check=False)
+    assert wrong.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
     storescu(daemon.port, files, aet="PACS")
 
     # a CT image is not a radiograph: refused at negotiation, nothing stored
@@ -227,7 +231,12 @@ def test_access_and_sop_class_are_enforced_at_association(make_daemon, tmp_path)
     finally:
         db.dispose()
     assert daemon.stop() == 0
-    assert "INTRUDER" in daemon.log_path.read_text() or "INTRUDER" in daemon.output()
+    log = daemon.log_path.read_text() + daemon.output()
+    assert "INTRUDER" in log
+    assert "called AE title 'ELSEWHERE' is not node.ae_title" in log
+    # the refused CT left a trace: the class by name, who proposed it
+    assert re.search(r"refused presentation context\(s\) proposed by 'PACS' at .*CT Image Storage",
+                     log), log
 
 
 def test_malformed_instance_is_refused_and_quarantined(make_daemon, tmp_path):

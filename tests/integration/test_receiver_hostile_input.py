@@ -67,8 +67,10 @@ def raw_send(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
 
 
-def _store_files(port: int, paths: list[Path], *, calling: str = "HOSTILE") -> list[int]:
-    """C-STORE each file raw on one association; each status (-1: no answer)."""
+def _store_files(port: int, paths: list[Path], *, calling: str = "HOSTILE",
+                 comments: list[str] | None = None) -> list[int]:
+    """C-STORE each file raw on one association; each status (-1: no answer). ``comments``
+    gets each answer's Error Comment ("" when none)."""
     ae = AE(ae_title=calling)
     for ts in (uid.ExplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian):
         ae.add_requested_context(ComputedRadiographyImageStorage, [ts])
@@ -80,6 +82,8 @@ def _store_files(port: int, paths: list[Path], *, calling: str = "HOSTILE") -> l
         for path in paths:
             answer = assoc.send_c_store(path)
             statuses.append(int(answer.Status) if "Status" in answer else -1)
+            if comments is not None:
+                comments.append(str(answer.get("ErrorComment", "") or ""))
     finally:
         if assoc.is_established:
             assoc.release()
@@ -347,7 +351,10 @@ def test_other_bytes_under_the_same_uids_are_refused_kept_apart_and_audit_both_h
     other = pydicom.dcmread(tmp_path / "in" / "first.dcm")
     other.SeriesDescription = "other"  # same UIDs, other bytes
     sent = _save(other, tmp_path / "in" / "second.dcm")
-    assert _store_files(receiver.port, [sent]) == [0xC409]
+    comments: list[str] = []
+    assert _store_files(receiver.port, [sent], comments=comments) == [0xC409]
+    # the sender is told why, in the response's Error Comment (an LO: 64 characters)
+    assert comments[0].startswith("InstanceConflict: SOP Instance UID") and len(comments[0]) <= 64
     assert hashlib.sha256(path.read_bytes()).hexdigest() == old  # the stored copy stays
     assert _row(db, sop) == before
     [event] = _events(db, EventKind.CONFLICT)

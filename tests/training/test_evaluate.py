@@ -33,6 +33,7 @@ from training.datasets import (  # noqa: E402
     read_mura,
 )
 from daemon.cli import main
+from training import metrics as M  # noqa: E402
 from training.evaluate import (  # noqa: E402
     EXIT_FAILURE,
     EXIT_OK,
@@ -396,6 +397,15 @@ def test_an_evaluation_goes_on_the_card_as_held_out(mura_result: tuple[dict, Pat
     assert held["auroc"] == result["overall"]["auroc"] and held["kappa"] == result["overall"]["kappa"]
     assert held["studies"] == result["data"]["studies"] and held["set"] == f"{result['data']['root']}, split valid"
     assert set(held["by_study_type"]) == set(result["by_study_type"])
+    # what the dashboard's Model page plots (issue 18): the ROC curve's corners and the bins
+    assert held["reliability"] == result["overall"]["reliability"]
+    roc = held["roc"]
+    assert (roc["fpr"][0], roc["tpr"][0], roc["fpr"][-1], roc["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+    full = M.roc([s["label"] for s in result["studies"] if s["probability"] is not None],
+                 [s["probability"] for s in result["studies"] if s["probability"] is not None])
+    assert set(zip(roc["fpr"], roc["tpr"])) <= {(round(x, 5), round(y, 5))
+                                                for x, y in zip(full["fpr"], full["tpr"])}
+    assert len(roc["fpr"]) <= len(full["fpr"])
     code = main(["import-model", str(checkpoint), "--out", str(tmp_path / "stamped.pt"), "--name", "eval-test",
                  "--version", "0.0.2", "--evaluation", str(out / "metrics.json")],
                 out=io.StringIO(), err=io.StringIO())

@@ -44,3 +44,15 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(n).setLevel(lvl)
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS, pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = identifiers
     logging.captureWarnings(False)
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[None]:
+    """For tests that run ``radtriage`` commands in-process: no RADTRIAGE_* variable leaks in,
+    and the logging set-up of the commands is undone afterwards."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RADTRIAGE_"):
+            monkeypatch.delenv(name)
+    yield

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -17,13 +15,7 @@ from tests.conftest import write_study
 
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[None]:
-    """No RADTRIAGE_* variable leaks in; the logging set-up of ``score`` is undone afterwards."""
-    for name in list(os.environ):
-        if name.startswith("RADTRIAGE_"):
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def make_config(tmp_path: Path, checkpoint: Path, **model) -> Path:  # type: ignore[no-untyped-def]

@@ -17,13 +17,7 @@ from db import Database, Event, EventKind, Instance, Study, StudyState
 from tests.unit.test_retention import make_study
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[None]:
-    """No RADTRIAGE_* variable leaks in; the logging set-up of the commands is undone afterwards."""
-    for name in list(os.environ):
-        if name.startswith("RADTRIAGE_"):
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 class Terminal(io.StringIO):

@@ -94,6 +94,47 @@ def test_unknown_key_inside_a_list_item_names_the_index() -> None:
     assert "did you mean 'ae_title'?" in line
 
 
+def _allowed(line: str) -> set[str]:
+    return {k.strip() for k in line.split("allowed here:")[1].split(",")}
+
+
+@pytest.mark.parametrize(("dest", "expected"), [
+    (dict(DEST, aetitle="X"), {"name", "type", "objects", "ae_title", "host", "port", "tls"}),
+    ({"name": "web", "type": "dicomweb", "url": "http://pacs/dicom-web", "usename": "u"},
+     {"name", "type", "objects", "url", "username", "password", "headers", "ca_file"}),
+    ({"name": "ris", "type": "hl7", "host": "ris", "port": 2575, "mesage": "ORM^O01"},
+     {"name", "type", "objects", "host", "port", "message", "receiving_application",
+      "receiving_facility"}),
+    ({"name": "back", "type": "return_to_sender", "port": 104, "hots": "x"},
+     {"name", "type", "objects", "port", "ae_title", "tls"}),
+])
+def test_unknown_destination_key_lists_only_the_keys_of_its_type(dest: dict, expected: set) -> None:
+    """Issue 18: a DICOM destination's hint listed url and username, which it then refused."""
+    [line] = problems_of({"destinations": [dest]})
+    assert "unknown key" in line and _allowed(line) == expected
+
+
+def test_unknown_destination_key_suggests_only_a_key_of_its_type() -> None:
+    # 'urls' is close to 'url', which a dicom destination does not take: no hint to it
+    [line] = problems_of({"destinations": [dict(DEST, urls="http://x")]})
+    assert "did you mean" not in line and "url" not in _allowed(line)
+    [line] = problems_of({"destinations": [{"name": "w", "type": "dicomweb",
+                                            "url": "http://pacs/dicom-web", "usernme": "u"}]})
+    assert "did you mean 'username'?" in line
+
+
+def test_unknown_key_of_a_destination_of_unknown_type_lists_every_key() -> None:
+    problems = problems_of({"destinations": [dict(DEST, type="ftp", aetitle="X")]})
+    [line] = [p for p in problems if "unknown key" in p]
+    assert {"url", "ae_title", "message"} <= _allowed(line)
+
+
+def test_a_key_of_another_destination_type_names_the_keys_this_type_takes() -> None:
+    [line] = problems_of({"destinations": [dict(DEST, url="http://pacs/dicom-web", username="u")]})
+    assert "a dicom destination does not take url, username" in line
+    assert line.endswith("it takes ae_title, host, port, tls (and name, type, objects)")
+
+
 def test_unknown_key_without_close_match_has_no_hint() -> None:
     [line] = problems_of({"node": {"zzzzzz": 1}})
     assert "did you mean" not in line
@@ -368,12 +409,23 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def test_check_config_good(tmp_path: Path, clean_env: None) -> None:
-    path = write(tmp_path, {"node": {"port": 11113}, "destinations": [DEST]})
+    path = write(tmp_path, {"node": {"port": 11113}, "destinations": [DEST],
+                            "model": {"checkpoint": str(REPO / "models" / "radtriage-demo.pt")}})
     code, out, err = run_cli("check-config", str(path))
     assert code == 0
     assert err == ""
     assert out.startswith(f"{path}: OK")
-    assert "1 destination(s)" in out and "port 11113" in out
+    assert "1 destination(s)" in out and "port 11113" in out and "model radtriage-demo" in out
+    assert "not checked here (serve checks them): port 11113 free" in out
+
+
+def test_check_config_loads_the_model(tmp_path: Path, clean_env: None) -> None:
+    """A valid file whose checkpoint is missing: check-config refuses it as serve would (the
+    table of such configs, both commands side by side: tests/integration/test_startup_failures.py)."""
+    path = write(tmp_path, {"model": {"checkpoint": "absent.pt"}})
+    code, out, err = run_cli("check-config", str(path))
+    assert (code, out) == (1, "")
+    assert err.startswith("radtriage: cannot start: model.checkpoint: ") and "absent.pt" in err
 
 
 def test_check_config_shipped_file(clean_env: None) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -374,3 +376,86 @@ def test_an_outage_costs_one_attempt_per_run_and_the_queue_drains_high_first(
     # e1 is the most urgent due one; once it got through, h1 no longer waits for its backoff
     assert sent == [delivery(database, i).path for i in (e1, h1, r1, r2)]
     assert all(delivery(database, i).state == DeliveryState.DELIVERED for i in (r1, r2, h1, e1))
+
+
+# -- a real C-STORE destination that refuses: what the log says (issue 18, item 10) ---------------
+
+
+@pytest.fixture
+def rejecting_scp() -> Iterator[int]:
+    """A pynetdicom storage SCP that rejects every association: it is not the AE called."""
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    from tests.conftest import free_port
+
+    ae = AE(ae_title="NOT-PACS")
+    ae.require_called_aet = True
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
+def _real_stores(database: Database, tmp_path: Path, clock: Clock, **ports: int
+                 ) -> tuple[Dispatcher, str, dict[str, int]]:
+    """A study with an SR (a real file) for each destination ``name=port`` (DicomStore to
+    127.0.0.1 as AE 'PACS'); the dispatcher, the study's UID and the delivery ids by name."""
+    import shutil
+
+    from dicom_io.destinations import DicomStore
+    from tests.conftest import write_study
+
+    sid, ids = add_delivery(database, destinations=tuple(ports))
+    uid = study(database, sid).study_instance_uid
+    [made] = write_study(tmp_path / "made", views=1, rows=32, columns=32, study_instance_uid=uid)
+    sr = tmp_path / delivery(database, ids[0]).path
+    sr.parent.mkdir(parents=True)
+    shutil.copy(made, sr)
+    stores = {name: DicomStore(name, "PACS", "127.0.0.1", port, timeout_s=10)
+              for name, port in ports.items()}
+    cfg = DispatchConfig(backoff_initial_s=5, backoff_max_s=60, max_attempts=5)
+    return Dispatcher(database, stores, cfg, tmp_path, clock=clock), uid, dict(zip(ports, ids))
+
+
+def test_a_refused_send_logs_one_labelled_line_and_no_bare_pynetdicom_errors(
+        database: Database, tmp_path: Path, clock: Clock, rejecting_scp: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Each failed delivery wrote two pynetdicom ERROR lines naming neither the destination nor
+    the study. Now pynetdicom's lines about our association are DEBUG, and what they said is
+    in the one WARNING of ours (destination, study) and in the delivery's last error."""
+    from tests.conftest import free_port
+
+    dispatcher, uid, ids = _real_stores(database, tmp_path, clock, down=free_port(),
+                                        picky=rejecting_scp)
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.WARNING, logger="pynetdicom")  # as daemon.logs sets it up
+    assert dispatcher.run_due() == 2
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.name.startswith("pynetdicom")] == []
+    ours = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in ours] == ["daemon.dispatch", "daemon.dispatch"]
+    assert all(getattr(r, "study", None) == uid for r in ours)
+    down, picky = sorted((r.getMessage() for r in ours), key=lambda m: "picky" in m)
+    assert down.startswith("SR to down failed (attempt 1)") and "Connection refused" in down
+    assert picky.startswith("SR to picky failed (attempt 1)") and "Called AE title not recognised" in picky
+    assert "Called AE title not recognised" in delivery(database, ids["picky"]).last_error
+    assert "Connection refused" in delivery(database, ids["down"]).last_error
+
+
+def test_pynetdicom_lines_about_a_failed_send_are_labelled_debug(
+        database: Database, tmp_path: Path, clock: Clock, rejecting_scp: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher, uid, _ = _real_stores(database, tmp_path, clock, picky=rejecting_scp)
+    caplog.set_level(logging.DEBUG, logger="pynetdicom")
+    assert dispatcher.run_due() == 1
+    label = f"picky (PACS@127.0.0.1:{rejecting_scp}): "
+    ours = [r for r in caplog.records if r.name.startswith("pynetdicom")
+            and r.getMessage().startswith(label)]
+    # what pynetdicom said about our association is still there when debugging, labelled
+    assert any(r.getMessage() == label + "Reason: Called AE title not recognised" for r in ours)
+    assert all(r.levelno == logging.DEBUG and getattr(r, "study", None) == uid for r in ours)
+    # the rest is the peer's side (the SCP runs in this process too): untouched, unlabelled
+    assert not [r for r in caplog.records
+                if r.name.startswith("pynetdicom") and r.levelno >= logging.WARNING]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pydicom
@@ -11,10 +10,10 @@ from sqlalchemy import select
 
 from daemon.config import parse_config
 from daemon.worker import StudyScorer
-from db import Delivery, ImageScore, OutputObject, Study, StudyResult, StudyState
+from db import Delivery, ImageScore, Instance, OutputObject, Study, StudyResult, StudyState
 from dicom_io.geometry import ViewGeometry
 from dicom_io.heatmaps import decode_heatmap
-from tests.fakes import HeatmapScorer
+from tests.fakes import HeatmapScorer, drawn_text
 from tests.unit.test_worker import NOW, _setup
 
 
@@ -209,3 +208,41 @@ def test_every_object_is_valid_and_references_the_study(tmp_path, database) -> N
     assert rgb.shape[1] == 1024
     red = (rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
     assert red[:40].any()  # the ABNORMAL frame and verdict are red
+
+
+def test_a_study_not_analysed_says_why_in_short_and_in_full(tmp_path, database, monkeypatch) -> None:
+    """Issue 18 item 4: the Series Description carries a code that fits its 64 characters; the
+    database, the SR's Comment, the summary image and the HL7 result the full reason."""
+    _setup(tmp_path, database, views=2)
+    with database.session() as s:
+        for n, instance in enumerate(s.scalars(select(Instance)).all(), start=2):
+            ds = pydicom.dcmread(tmp_path / "storage" / instance.path)
+            ds.NumberOfFrames = n  # multi-frame: refused by the pixel stage (decoding.multiframe)
+            ds.save_as(tmp_path / "storage" / instance.path, enforce_file_format=True)
+    drawn = drawn_text(monkeypatch)
+    result_id = _score(_config(tmp_path, summary="study"), database, 0.9)
+    with database.session() as s:
+        result = s.get(StudyResult, result_id)
+        reason, description = result.reason, result.series_description
+    assert reason == ("no view could be scored: multi-frame images (2 frames) are not scored "
+                      "(decoding.multiframe: refuse); multi-frame images (3 frames) are not "
+                      "scored (decoding.multiframe: refuse)")
+    assert description == "AI TRIAGE: NOT ANALYSED - MULTIFRAME"
+    outputs_made = _outputs(database, result_id)
+    sr = pydicom.dcmread(tmp_path / "storage" / outputs_made["SR"][0].path)
+    sc = pydicom.dcmread(tmp_path / "storage" / outputs_made["SC"][0].path)
+    assert sr.SeriesDescription == sc.SeriesDescription == description
+    comments = [i.TextValue for i in _walk(sr.ContentSequence)
+                if i.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert f"NOT ANALYSED: {reason}" in comments
+    assert f"Reason (MULTIFRAME): {reason}" in " ".join(drawn), drawn  # burned in, in full
+    oru = (tmp_path / "storage" / outputs_made["ORU"][0].path).read_bytes().decode()
+    assert f"Not analysed: {reason}" in oru.replace("\\T\\", "&")
+    for kind in ("SR", "SC"):
+        assert _dciodvfy_errors(tmp_path / "storage" / outputs_made[kind][0].path) == [], kind
+
+
+def _walk(items):  # type: ignore[no-untyped-def]
+    for item in items:
+        yield item
+        yield from _walk(item.get("ContentSequence", []))

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pytest
@@ -175,13 +174,7 @@ def assert_reason(kind: str, error: str | None) -> None:
 # -- radtriage score ----------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> Iterator[None]:
-    """No RADTRIAGE_* variable leaks in; the logging set-up of ``score`` is undone afterwards."""
-    for name in list(os.environ):
-        if name.startswith("RADTRIAGE_"):
-            monkeypatch.delenv(name)
-    yield
+pytestmark = pytest.mark.usefixtures("cli_env")
 
 
 def make_config(tmp_path: Path, checkpoint: Path, workers: int = 1) -> Path:
@@ -264,17 +257,18 @@ def test_score_table_lists_the_reasons(tmp_path, mixed, untrained_checkpoint):
     study_uid = str(pydicom.dcmread(mixed["good"]).StudyInstanceUID)
     [row] = [line for line in out.splitlines() if line.startswith(study_uid)]
     assert f" 1/{len(mixed)} " in f"{row} "  # views analysed / views
-    reasons = {}
+    shown = {}  # one line per file: its probability, or why it was not analysed
     for line in out.splitlines():
         if line.startswith("    "):
-            sop_uid, _, reason = line.strip().partition(": ")
-            reasons[sop_uid] = reason
+            path, _, what = line.strip().partition(": ")
+            shown[path] = what
     for kind, path in mixed.items():
-        sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         if kind == "good":
-            assert sop_uid not in reasons
+            float(shown[str(path)])
         else:
-            assert_reason(kind, reasons.get(sop_uid))
+            what = shown.get(str(path), "")
+            assert what.startswith("not analysed: "), (kind, what)
+            assert_reason(kind, what[len("not analysed: "):])
 
 
 # -- StudyScorer: database rows, the SR, the stored files ---------------------------------------

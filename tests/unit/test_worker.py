@@ -84,7 +84,7 @@ def test_no_scorable_view_is_reported_not_analysed(tmp_path, database):
     with database.session() as s:
         result = s.get(StudyResult, result_id)
         assert not result.analysed and result.probability is None and result.priority == "ROUTINE"
-        assert result.series_description.startswith("AI TRIAGE: NOT ANALYSED")
+        assert result.series_description == "AI TRIAGE: NOT ANALYSED - MULTIFRAME"
         assert "multi-frame" in result.reason
 
 
@@ -179,7 +179,7 @@ def test_an_inference_error_reports_that_study_not_analysed_and_the_next_goes_on
         # the error's type and where it was raised; its message only with logging.phi
         assert "inference failed: RuntimeError in " in bad.reason and "CUDA" not in bad.reason
         assert all("inference failed" in sc.error for sc in bad.scores)
-        assert bad.series_description.startswith("AI TRIAGE: NOT ANALYSED")
+        assert bad.series_description == "AI TRIAGE: NOT ANALYSED - MODEL ERROR"
         sr = pydicom.dcmread(tmp_path / "storage" / bad.sr_path)  # the SR says so, and is sent
         assert "NOT ANALYSED" in sr.SeriesDescription
         assert {d.object_kind for d in s.scalars(select(Delivery).where(

@@ -56,46 +56,57 @@ def site_config(root: Path, url: str, **web):  # type: ignore[no-untyped-def]
     }, base=root, environ={})
 
 
+def add_study(config, db, root: Path, label: str, probability: float, body_part: str,  # type: ignore[no-untyped-def]
+              arrived: dt.datetime, n: int, *, modality: str = "CR") -> int:
+    """Receive a synthetic two-view study (``n`` picks its pixels and accession ``ACC{n}``)
+    and score it through the daemon's StudyScorer with a stand-in model giving
+    ``probability``; return its id. A ``modality`` that ``scoring.modalities`` lacks gives a
+    not-analysed result, as the daemon makes it."""
+    from daemon.worker import StudyScorer
+    from db import Instance, Study, StudyState
+    from dicom_io.storage import instance_relpath
+    from tests.fakes import HeatmapScorer
+
+    files = write_study(root / "in" / label, views=2, rows=96, columns=80, body_part=body_part,
+                        seed=n, accession_number=f"ACC{n}", modality=modality)
+    with db.session() as s:
+        first = pydicom.dcmread(files[0])
+        study = Study(study_instance_uid=first.StudyInstanceUID, state=StudyState.COMPLETE,
+                      accession_number=first.AccessionNumber, calling_ae="PACS",
+                      first_received_at=arrived, last_received_at=arrived,
+                      completed_at=arrived + dt.timedelta(seconds=2), revision=1)
+        s.add(study)
+        s.flush()
+        for f in files:
+            ds = pydicom.dcmread(f)
+            rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            (config.storage.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, config.storage.path / rel)
+            s.add(Instance(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID,
+                           sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                           transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=rel,
+                           modality=ds.Modality, size_bytes=f.stat().st_size, received_at=arrived))
+        study_id = study.id
+    scorer = StudyScorer(config, db, HeatmapScorer(probability, hot=(2 + n % 3, 1 + n)),
+                         clock=lambda: arrived + dt.timedelta(seconds=5))
+    try:
+        assert scorer.score_study(*scorer.claim_next()) is not None
+    finally:
+        scorer.close()
+    return study_id
+
+
 def seed(config, db, root: Path) -> Site:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from daemon.worker import StudyScorer
-    from db import Delivery, DeliveryState, Instance, Study, StudyState
-    from dicom_io.storage import instance_relpath
-    from tests.fakes import HeatmapScorer
+    from db import Delivery, DeliveryState, Study, StudyState
 
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=30)
     plan = [("routine", 0.2, "ELBOW"), ("high_early", 0.93, "WRIST"),
             ("elevated", 0.6, "HAND"), ("high_late", 0.88, "SHOULDER")]
     ids: dict[str, int] = {}
     for n, (label, p, part) in enumerate(plan):
-        arrived = now + dt.timedelta(minutes=n)
-        files = write_study(root / "in" / label, views=2, rows=96, columns=80, body_part=part,
-                            seed=n, accession_number=f"ACC{n}")
-        with db.session() as s:
-            first = pydicom.dcmread(files[0])
-            study = Study(study_instance_uid=first.StudyInstanceUID, state=StudyState.COMPLETE,
-                          accession_number=first.AccessionNumber, calling_ae="PACS",
-                          first_received_at=arrived, last_received_at=arrived,
-                          completed_at=arrived + dt.timedelta(seconds=2), revision=1)
-            s.add(study)
-            s.flush()
-            for f in files:
-                ds = pydicom.dcmread(f)
-                rel = instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-                (config.storage.path / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(f, config.storage.path / rel)
-                s.add(Instance(study_id=study.id, series_instance_uid=ds.SeriesInstanceUID,
-                               sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-                               transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, path=rel,
-                               modality=ds.Modality, size_bytes=f.stat().st_size, received_at=arrived))
-            ids[label] = study.id
-        scorer = StudyScorer(config, db, HeatmapScorer(p, hot=(2 + n % 3, 1 + n)),
-                             clock=lambda a=arrived: a + dt.timedelta(seconds=5))
-        try:
-            assert scorer.score_study(*scorer.claim_next()) is not None
-        finally:
-            scorer.close()
+        ids[label] = add_study(config, db, root, label, p, part, now + dt.timedelta(minutes=n), n)
     with db.session() as s:  # the routine study's SR gave up: a dead letter, the study failed
         d = s.scalars(select(Delivery).join(Delivery.result)
                       .where(Delivery.object_kind == "SR")
@@ -105,6 +116,50 @@ def seed(config, db, root: Path) -> Site:  # type: ignore[no-untyped-def]
         st.state, st.state_reason = StudyState.FAILED, "delivery to pacs gave up after 100 attempts"
         dead = d.id
     return Site(config, db, root, now, ids, dead)
+
+
+def demo_card(**metrics):  # type: ignore[no-untyped-def]
+    """The card the seeded results were made with (fixed-test 9.9, untrained), marked demo,
+    with validation metrics and held-out metrics that carry an ROC curve and reliability bins."""
+    from inference.model import ModelCard
+
+    held_out = {
+        "auroc": 0.957, "kappa": 0.81, "accuracy": 0.905, "sensitivity": 0.86, "specificity": 0.95,
+        "ece": 0.091, "set": "radtriage phantoms --seed 2, split valid", "studies": 400,
+        "views": 946, "threshold": 0.45, "model": "fixed-test 9.9",
+        "by_study_type": {"ELBOW": {"studies": 58, "auroc": 0.955, "kappa": 0.783},
+                          "WRIST": {"studies": 57, "auroc": 0.995, "kappa": 0.929}},
+        "roc": {"fpr": [0.0, 0.0, 0.05, 0.2, 1.0], "tpr": [0.0, 0.6, 0.86, 0.95, 1.0]},
+        "reliability": [{"lower": k / 10, "upper": (k + 1) / 10, "count": 40,
+                         "mean_probability": k / 10 + 0.05, "fraction_positive": k / 10 + 0.02}
+                        for k in range(10)],
+    }
+    base = {"set": "split valid of var/phantoms-train", "auroc": 0.966, "kappa": 0.838,
+            "accuracy": 0.919, "sensitivity": 0.884, "specificity": 0.952, "threshold": 0.5,
+            "studies": 397, "train_loss": 0.17,
+            "by_study_type": {"HAND": {"studies": 50, "auroc": 0.952, "kappa": 0.597}},
+            "held_out": held_out}
+    base.update(metrics)
+    return ModelCard(name="fixed-test", version="9.9", trained=False, demo=True, threshold=0.45,
+                     metrics=base)
+
+
+def demo_scorer(**metrics):  # type: ignore[no-untyped-def]
+    from tests.fakes import HeatmapScorer
+
+    return HeatmapScorer(0.9, card=demo_card(**metrics))
+
+
+def quarantine_two(storage: Path) -> None:
+    """Two files in ``storage``'s quarantine with notes as the receiver writes them (the
+    second, newer one with markup in its reason)."""
+    folder = storage / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stamp, ae, reason in (("20260506T080000-0000aaaa", "MODALITY1", "the data set is truncated"),
+                              ("20260506T093000-0000bbbb", "PACS", "no pixel data <b>bold</b>")):
+        (folder / f"{stamp}.dcm").write_bytes(b"not a data set")
+        (folder / f"{stamp}.txt").write_text(f"calling AE: {ae}\naffected SOP instance: 1.2.3.{ae}\n"
+                                             f"reason: {reason}\n")
 
 
 def make_client(site: Site, **ctx_kwargs):  # type: ignore[no-untyped-def]

@@ -116,6 +116,69 @@ def test_log_in_see_the_high_study_first_and_its_heatmap(browser, dashboard, sql
         page.close()
 
 
+@pytest.fixture
+def demo_dashboard(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A site of its own served with a demo model card that has metrics, with a study that
+    could not be analysed and two quarantined files."""
+    import datetime as dt
+
+    from db import Database
+    from tests.web.conftest import add_study, demo_scorer, quarantine_two, seed, site_config
+    from web.app import WebContext, create_app
+    from web.server import WebServer
+
+    config = site_config(tmp_path, f"sqlite:///{tmp_path / 'radtriage.db'}")
+    db = Database(config.database.url)
+    db.migrate()
+    try:
+        site = seed(config, db, tmp_path)
+        not_analysed = add_study(config, db, tmp_path, "not_analysed", 0.7, "WRIST",
+                                 site.now + dt.timedelta(minutes=5), 5, modality="XA")
+        quarantine_two(config.storage.path)
+        server = WebServer(create_app(WebContext(config=config, db=db, scorer=demo_scorer())),
+                           "127.0.0.1", free_port())
+        server.start()
+        try:
+            yield server.url, not_analysed
+        finally:
+            server.stop()
+    finally:
+        db.dispose()
+
+
+def test_demo_notice_not_analysed_quarantine_and_model_metrics(browser, demo_dashboard):  # type: ignore[no-untyped-def]
+    url, not_analysed = demo_dashboard
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(url + "/", wait_until="load")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_selector("#worklist")
+        assert "DEMO MODEL - trained on synthetic radiographs" in page.text_content("#notice")
+        row = page.locator(f'#worklist tr[data-study-id="{not_analysed}"]')
+        badge = row.locator(".flag")
+        assert badge.text_content().strip() == "NOT ANALYSED"
+        colour = badge.evaluate("e => getComputedStyle(e).backgroundColor")
+        r, g, b = (int(v) for v in colour[colour.index("(") + 1:colour.index(")")].split(",")[:3])
+        assert r == g == b, colour  # grey, not the green of ROUTINE
+        page.screenshot(path=str(ARTIFACTS / "worklist-demo.png"), full_page=True)
+        page.click("#nav-quarantine")
+        page.wait_for_selector("#quarantine")
+        assert page.locator("#quarantine tr.quarantined").count() == 2
+        assert "no pixel data <b>bold</b>" in page.text_content("#quarantine")
+        page.screenshot(path=str(ARTIFACTS / "quarantine.png"), full_page=True)
+        page.click("#nav-model")
+        page.wait_for_selector("#metrics-held_out")
+        page.wait_for_function("() => [...document.querySelectorAll('img.plot')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)")
+        assert page.locator("img.plot").count() == 3  # held out: ROC and reliability; validation: ROC
+        assert page.locator("#metrics-held_out tbody tr").count() == 3
+        page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
+    finally:
+        page.close()
+
+
 def _png() -> bytes:
     import cv2
     import numpy as np
